@@ -1,0 +1,47 @@
+# The two commands: `make book` and `make test` (see README.md). Both set up everything first.
+PROFILE ?= tiny
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+TORCH   := torch==2.13.0
+STAMP   := $(VENV)/.installed
+KERNEL  := $(VENV)/share/jupyter/kernels/python3/kernel.json
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system book test lint format bench clean
+
+setup: system $(STAMP) $(KERNEL)
+
+# espeak-ng (CPU text-to-speech) and sox, from the distribution, only when missing.
+system:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	  ( $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng sox >/dev/null )
+
+# torch first: with it installed, nothing later pulls the multi-GB CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ichigo)" >/dev/null
+
+book: setup
+	$(VENV)/bin/ichigo book --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format:
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf _build runs/*/_book

@@ -1,0 +1,146 @@
+"""HF-format Llama checkpoints: write a tiny random one, fetch a real one, load it in torchtune.
+
+Every model in the book is handed between stages as an HF transformers directory
+(``config.json`` + ``*.safetensors`` + tokenizer files): torchtune's ``FullModelHFCheckpointer``
+reads and writes it, lm-evaluation-harness and transformers load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from ichigo_lib.config import LlamaArch
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "original/tokenizer.model"]
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint directory that cannot be used; the message says what is missing."""
+
+
+def write_llama_init(
+    arch: LlamaArch, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, seed: int
+) -> Path:
+    """A randomly initialised Llama (HF format, with its tokenizer) for torchtune to train."""
+    out_dir = Path(out_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.embed_dim,
+        intermediate_size=arch.intermediate_dim,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads,
+        head_dim=arch.embed_dim // arch.num_heads,
+        max_position_embeddings=arch.max_seq_len,
+        rms_norm_eps=arch.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_base},
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def safetensors_files(ckpt_dir: str | Path) -> list[str]:
+    """The weight files of an HF checkpoint, in shard order."""
+    files = sorted(p.name for p in Path(ckpt_dir).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{ckpt_dir}: no *.safetensors weight files")
+    return files
+
+
+def validate_hf_checkpoint(ckpt_dir: str | Path) -> dict:
+    """Check an HF Llama directory is complete; return its ``config.json``."""
+    ckpt_dir = Path(ckpt_dir)
+    config_path = ckpt_dir / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{ckpt_dir}: no config.json (not an HF checkpoint directory)")
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") != "llama":
+        raise CheckpointError(
+            f"{config_path}: model_type is {config.get('model_type')!r}, not llama"
+        )
+    safetensors_files(ckpt_dir)
+    if not (ckpt_dir / "tokenizer.json").exists():
+        raise CheckpointError(f"{ckpt_dir}: no tokenizer.json next to the weights")
+    return config
+
+
+def fetch_hf_checkpoint(
+    repo: str, revision: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
+    """A local HF checkpoint directory for ``repo``: a local path as is, else a hub download.
+
+    Hub access uses ``HF_TOKEN`` from the environment (gated models such as Llama-3.1).
+    """
+    local = Path(repo).expanduser()
+    if local.is_dir():
+        validate_hf_checkpoint(local)
+        return local.resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            repo,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=HUB_PATTERNS,
+            token=os.environ.get("HF_TOKEN"),
+        )
+    except Exception as err:  # the hub client raises many types; all mean "not available here"
+        raise CheckpointError(
+            f"could not download '{repo}' from the hub ({type(err).__name__}: {err}). "
+            "Set HF_TOKEN for gated models, or point base_model.hf_repo at a local directory "
+            "holding config.json, *.safetensors and tokenizer.json."
+        ) from err
+    validate_hf_checkpoint(path)
+    return Path(path)
+
+
+def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
+    """Load an HF Llama checkpoint into a torchtune model through ``FullModelHFCheckpointer``.
+
+    This is the path the training recipes take; the architecture comes from ``config.json``
+    (Llama-3.1's scaled RoPE when ``rope_scaling`` asks for it).
+    """
+    from torchtune.models.llama3 import llama3
+    from torchtune.models.llama3_1 import llama3_1
+    from torchtune.training import FullModelHFCheckpointer
+
+    ckpt_dir = Path(ckpt_dir)
+    config = validate_hf_checkpoint(ckpt_dir)
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    kwargs = dict(
+        vocab_size=config["vocab_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        num_kv_heads=config["num_key_value_heads"],
+        embed_dim=config["hidden_size"],
+        intermediate_dim=config["intermediate_size"],
+        max_seq_len=config["max_position_embeddings"],
+        rope_base=float(rope.get("rope_theta", config.get("rope_theta", 500000.0))),
+        norm_eps=config["rms_norm_eps"],
+    )
+    builder = llama3_1 if rope.get("rope_type") == "llama3" else llama3
+    model = builder(**kwargs)
+    with tempfile.TemporaryDirectory() as scratch:  # the checkpointer insists on an output dir
+        checkpointer = FullModelHFCheckpointer(
+            checkpoint_dir=str(ckpt_dir),
+            checkpoint_files=safetensors_files(ckpt_dir),
+            model_type="LLAMA3",
+            output_dir=scratch,
+        )
+        state = checkpointer.load_checkpoint()["model"]
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,55 @@
+"""``ichigo`` command line: run notebooks under a profile, build the book."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from ichigo_lib import runner
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got '{pair}'")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ichigo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="execute notebooks (all of _toc.yml by default) with papermill"
+    )
+    run.add_argument("notebooks", nargs="*", help="names such as 00_base_model")
+    book = sub.add_parser("book", help="run every notebook, then render the book to _build/html")
+    book.add_argument("--no-execute", action="store_true", help="only render existing runs")
+    for p in (run, book):
+        p.add_argument("--profile", default="tiny", help="smoke | tiny | full (default tiny)")
+        p.add_argument("--run-dir", default="runs")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="config override, e.g. --set base_model.train.num_steps=50",
+        )
+        p.add_argument("--force", action="store_true", help="re-execute even if unchanged")
+    args = parser.parse_args(argv)
+    overrides = _overrides(args.set)
+    if args.command == "run":
+        runner.run_all(args.profile, args.run_dir, args.notebooks or None, overrides, args.force)
+    else:
+        if not args.no_execute:
+            runner.run_all(args.profile, args.run_dir, None, overrides, args.force)
+        runner.build_book(args.profile, args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Profiles: YAML under ``ichigo_lib/configs/`` loaded into typed, frozen config objects.
+
+A profile may start with ``extends: <other profile>`` and then override only what differs.
+Unknown keys and wrong types are errors that name the key and the file they came from;
+``overrides`` (a notebook's parameters cell, papermill ``-p``/``-y``) apply on top, either as
+nested dicts or as dotted keys (``{"base_model.train.num_steps": 10}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ichigo_lib.world import WorldConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class LlamaArch:
+    """Shape of a Llama-3 style decoder (torchtune ``llama3`` component builder)."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    embed_dim: int
+    intermediate_dim: int
+    max_seq_len: int
+    rope_base: float = 500000.0
+    norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The knobs of one torchtune run that a profile sets (everything else is in the YAML)."""
+
+    num_steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    max_seq_len: int
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad_norm: float | None = None
+    packed: bool = True
+    dtype: Literal["fp32", "bf16"] = "bf16"
+    device: str = "cuda"
+    fused_optimizer: bool = True
+    activation_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 42
+    log_every_n_steps: int = 1
+    nproc_per_node: int = 1
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """Where the base LLM comes from: trained here on the tiny world, or an HF checkpoint."""
+
+    source: Literal["train", "hf"]
+    hf_repo: str | None = None
+    hf_revision: str | None = None
+    arch: LlamaArch | None = None
+    train: TrainConfig | None = None
+
+
+@dataclass(frozen=True)
+class MCConfig:
+    """Multiple-choice knowledge evaluation (lm-evaluation-harness)."""
+
+    benchmark: Literal["tinyworld", "mmlu"]
+    headline: Literal["cloze", "letter"] = "cloze"
+    num_fewshot: int = 5
+    apply_chat_template: bool = False
+    batch_size: int = 8
+    limit: int | None = None
+    device: str = "cuda"
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mc: MCConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole resolved profile."""
+
+    profile: str
+    description: str
+    world: WorldConfig
+    base_model: BaseModelConfig
+    eval: EvalConfig
+    num_threads: int | None = None
+    extends: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def profile_path(profile: str | Path) -> Path:
+    """The YAML file of a profile given by name (``tiny``) or path."""
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile '{profile}': choose one of {names}")
+    return path
+
+
+def load_config(profile: str | Path = "tiny", overrides: dict | str | None = None) -> Config:
+    """Load a profile (following ``extends``), apply ``overrides`` and validate everything."""
+    path = profile_path(profile)
+    merged: dict[str, Any] = {}
+    for layer_path in _extends_chain(path):
+        layer = _read_yaml(layer_path)
+        _check_keys(Config, layer, str(layer_path), prefix="")
+        merged = _deep_merge(merged, layer)
+    if overrides:
+        source = "overrides (notebook parameters)"
+        layer = _nest_dotted(_parse_overrides(overrides, source), source)
+        _check_keys(Config, layer, source, prefix="")
+        merged = _deep_merge(merged, layer)
+    merged["profile"] = path.stem
+    merged.setdefault("description", "")
+    return _build(Config, merged, str(path), prefix="")
+
+
+def _extends_chain(path: Path) -> list[Path]:
+    chain = [path]
+    while True:
+        parent = _read_yaml(chain[0]).get("extends")
+        if parent is None:
+            return chain
+        parent_path = profile_path(parent)
+        if parent_path in chain:
+            raise ConfigError(f"{path}: 'extends' forms a cycle through {parent_path}")
+        chain.insert(0, parent_path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _parse_overrides(overrides: dict | str, source: str) -> dict[str, Any]:
+    if isinstance(overrides, str):
+        overrides = yaml.safe_load(overrides) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {type(overrides).__name__}")
+    return overrides
+
+
+def _nest_dotted(flat: dict[str, Any], source: str) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if isinstance(value, dict):
+            value = _nest_dotted(value, source)
+        *parents, leaf = str(key).split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: key '{key}' conflicts with another override")
+        node[leaf] = _deep_merge(node.get(leaf, {}), value) if isinstance(value, dict) else value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass inside ``tp`` (``X`` or ``X | None``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if inner else None
+    return None
+
+
+def _unknown_key_error(cls: type, key: str, source: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    hint = difflib.get_close_matches(key, names, n=1)
+    did_you_mean = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+    return ConfigError(
+        f"{source}: unknown key '{prefix}{key}'{did_you_mean}; valid keys here: {names}"
+    )
+
+
+def _check_keys(cls: type, data: dict[str, Any], source: str, prefix: str) -> None:
+    """Reject keys a layer names that the schema does not have (before merging layers)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown_key_error(cls, key, source, prefix)
+        sub = _dataclass_of(hints[key])
+        if sub is not None and isinstance(value, dict):
+            _check_keys(sub, value, source, f"{prefix}{key}.")
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], source, key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: missing required key '{key}'")
+    for name in data:
+        if name not in hints:
+            raise _unknown_key_error(cls, name, source, prefix)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def fail() -> ConfigError:
+        return ConfigError(
+            f"{source}: key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail()
+        return _build(tp, value, source, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise fail()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, key)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise fail()
+        return tuple(
+            _coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    raise ConfigError(f"{source}: key '{key}' has an unsupported type {tp!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

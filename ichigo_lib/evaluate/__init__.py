@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice knowledge (lm-evaluation-harness)."""

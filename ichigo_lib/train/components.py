@@ -1,0 +1,107 @@
+"""Builders that torchtune YAML configs name as ``_component_``s."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchtune.data import OpenAIToMessages
+from torchtune.datasets import PackedDataset, SFTDataset
+from torchtune.models.llama3 import llama3
+from torchtune.modules import TransformerDecoder
+
+from ichigo_lib.wordtok import OverLongError
+
+
+def tiny_llama(
+    vocab_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    embed_dim: int,
+    intermediate_dim: int,
+    max_seq_len: int,
+    rope_base: float = 500000.0,
+    norm_eps: float = 1e-5,
+) -> TransformerDecoder:
+    """The tiny profile's stand-in base LLM: a small Llama-3 (torchtune's ``llama3`` builder).
+
+    Also turns on flushing of denormal floats: without it a tiny model's CPU steps slow down
+    ~20x once weights decay towards zero (see the reference notes on tiny-scale training).
+    """
+    torch.set_flush_denormal(True)
+    return llama3(
+        vocab_size=vocab_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        embed_dim=embed_dim,
+        intermediate_dim=intermediate_dim,
+        max_seq_len=max_seq_len,
+        rope_base=rope_base,
+        norm_eps=norm_eps,
+    )
+
+
+class ChatDataset(SFTDataset):
+    """Chat rows ``{"conversations": [{role, content}, ...]}`` from JSON lines, repeated.
+
+    ``repeat`` lets one torchtune epoch cover many passes over a small corpus (the stock
+    recipes checkpoint once per epoch); each pass visits the rows in its own seeded order, so
+    packed batches differ between passes, and each row is tokenized once. Indexing past the
+    end raises ``IndexError``, which torchtune's ``PackedDataset`` needs to stop iterating.
+    """
+
+    def __init__(self, tokenizer, data_files: str, train_on_input: bool, repeat: int = 1):
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        super().__init__(
+            source="json",
+            data_files=data_files,
+            split="train",
+            message_transform=OpenAIToMessages(
+                train_on_input=train_on_input, column_map={"messages": "conversations"}
+            ),
+            model_transform=tokenizer,
+        )
+        self._data_files = data_files
+        self._rows = super().__len__()
+        self._repeat = repeat
+        self._cache: dict[int, dict] = {}
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self._rows * self._repeat
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        epoch, offset = divmod(index, self._rows)
+        if epoch not in self._orders:
+            self._orders[epoch] = np.random.default_rng(epoch).permutation(self._rows)
+        row = int(self._orders[epoch][offset]) if epoch else offset
+        if row not in self._cache:
+            try:
+                self._cache[row] = super().__getitem__(row)
+            except OverLongError as err:
+                raise ValueError(f"{self._data_files}: row {row}: {err}") from err
+        sample = self._cache[row]
+        return {k: list(v) for k, v in sample.items()}
+
+
+def chat_dataset(
+    tokenizer,
+    data_files: str,
+    train_on_input: bool = True,
+    repeat: int = 1,
+    packed: bool = False,
+    split_across_pack: bool = False,
+):
+    """torchtune ``_component_``: :class:`ChatDataset`, optionally packed to ``max_seq_len``."""
+    ds = ChatDataset(tokenizer, data_files, train_on_input=train_on_input, repeat=repeat)
+    if packed:
+        if tokenizer.max_seq_len is None:
+            raise ValueError("packed=True needs tokenizer.max_seq_len to be set")
+        return PackedDataset(
+            ds, max_seq_len=tokenizer.max_seq_len, split_across_pack=split_across_pack
+        )
+    return ds

@@ -1,0 +1,184 @@
+"""Compose torchtune configs from a profile and launch ``tune run`` with live progress."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ichigo_lib.config import CONFIG_DIR, TrainConfig
+
+TORCHTUNE_CONFIGS = CONFIG_DIR / "torchtune"
+REQUIRED = "REQUIRED"
+_STEP_LINE = re.compile(r"^Step (\d+) \| (.*)$")
+
+
+class TrainingError(RuntimeError):
+    """``tune run`` exited with an error; the message carries the tail of its log."""
+
+
+def train_overrides(train: TrainConfig) -> dict[str, Any]:
+    """The torchtune keys a profile's :class:`TrainConfig` sets."""
+    return {
+        "seed": train.seed,
+        "batch_size": train.batch_size,
+        "max_steps_per_epoch": train.num_steps,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "optimizer.lr": train.lr,
+        "optimizer.betas": list(train.betas),
+        "optimizer.weight_decay": train.weight_decay,
+        "optimizer.fused": train.fused_optimizer,
+        "lr_scheduler.num_warmup_steps": train.warmup_steps,
+        "clip_grad_norm": train.clip_grad_norm,
+        "dtype": train.dtype,
+        "device": train.device,
+        "compile": train.compile,
+        "enable_activation_checkpointing": train.activation_checkpointing,
+        "log_every_n_steps": train.log_every_n_steps,
+        "tokenizer.max_seq_len": train.max_seq_len,
+        "dataset.packed": train.packed,
+    }
+
+
+def compose_config(template: str | Path, values: dict[str, Any]) -> DictConfig:
+    """Load a torchtune YAML (a name under ``configs/torchtune`` or a path), set dotted keys.
+
+    Every ``REQUIRED`` placeholder must be filled; a key the template lacks is an error.
+    """
+    path = Path(template)
+    if not path.suffix:
+        path = TORCHTUNE_CONFIGS / f"{template}.yaml"
+    cfg = OmegaConf.load(path)
+    for key, value in values.items():
+        if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            raise KeyError(f"{path}: no key '{key}' to set")
+        OmegaConf.update(cfg, key, value, merge=False)
+    missing = [k for k, v in _flatten(OmegaConf.to_container(cfg)).items() if v == REQUIRED]
+    if missing:
+        raise ValueError(f"{path}: keys left REQUIRED: {missing}")
+    return cfg
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def read_metric_log(path: str | Path) -> list[dict[str, float]]:
+    """Parse torchtune's ``DiskLogger`` file into one dict per logged step."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        match = _STEP_LINE.match(line.strip())
+        if not match:
+            continue
+        row: dict[str, float] = {"step": int(match.group(1))}
+        for item in match.group(2).split():
+            name, _, value = item.partition(":")
+            try:
+                row[name] = float(value)
+            except ValueError:
+                continue
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    """A finished ``tune run``: where its config, console log, metrics and checkpoint are."""
+
+    config_path: Path
+    console_log: Path
+    metric_log: Path
+    output_dir: Path
+    wall_time_s: float
+
+    def metrics(self) -> list[dict[str, float]]:
+        return read_metric_log(self.metric_log)
+
+    def checkpoint_dir(self) -> Path:
+        """The last epoch's HF-format checkpoint directory."""
+        epochs = sorted(self.output_dir.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+        if not epochs:
+            raise FileNotFoundError(f"no epoch_* checkpoint under {self.output_dir}")
+        return epochs[-1]
+
+
+def tune_run(
+    recipe: str,
+    cfg: DictConfig,
+    run_dir: str | Path,
+    num_steps: int | None = None,
+    nproc_per_node: int = 1,
+    num_threads: int | None = None,
+) -> TuneRun:
+    """Run a torchtune recipe in a subprocess; stream its log; show a progress bar with loss.
+
+    The resolved config is written to ``run_dir/<recipe>.yaml`` and the console output to
+    ``run_dir/<recipe>.log``. A non-zero exit raises :class:`TrainingError` with the log's tail.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / f"{recipe}.yaml"
+    OmegaConf.save(cfg, config_path)
+    output_dir = Path(cfg.output_dir)
+    metric_log = Path(cfg.metric_logger.log_dir) / cfg.metric_logger.filename
+    metric_log.unlink(missing_ok=True)
+    console_log = run_dir / f"{recipe}.log"
+    tune = Path(sys.executable).with_name("tune")
+    cmd = [str(tune), "run"]
+    if nproc_per_node > 1:
+        cmd += ["--nproc_per_node", str(nproc_per_node)]
+    cmd += [recipe, "--config", str(config_path)]
+    env = dict(os.environ)
+    if num_threads:
+        env["OMP_NUM_THREADS"] = str(num_threads)
+    t0 = time.perf_counter()
+    tail: deque[str] = deque(maxlen=60)
+    with open(console_log, "w") as log, tqdm(total=num_steps, desc=recipe, unit="step") as bar:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        reader = threading.Thread(target=_pump, args=(proc.stdout, log, tail), daemon=True)
+        reader.start()
+        while proc.poll() is None:
+            time.sleep(0.5)
+            _update_bar(bar, metric_log)
+        reader.join()
+        _update_bar(bar, metric_log)
+    if proc.returncode != 0:
+        raise TrainingError(
+            f"tune run {recipe} failed (exit {proc.returncode}); config {config_path}, "
+            f"full log {console_log}. Last lines:\n" + "".join(tail)
+        )
+    return TuneRun(config_path, console_log, metric_log, output_dir, time.perf_counter() - t0)
+
+
+def _pump(stream, log, tail: deque[str]) -> None:
+    for line in stream:
+        log.write(line)
+        log.flush()
+        tail.append(line)
+
+
+def _update_bar(bar: tqdm, metric_log: Path) -> None:
+    if not metric_log.exists():
+        return
+    rows = read_metric_log(metric_log)
+    if rows:
+        bar.n = int(rows[-1]["step"])
+        bar.set_postfix(loss=f"{rows[-1].get('loss', float('nan')):.3f}")
+        bar.refresh()
