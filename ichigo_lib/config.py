@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad_norm: float | None = None
     packed: bool = True
+    train_on_input: bool = True
     dtype: Literal["fp32", "bf16"] = "bf16"
     device: str = "cuda"
     fused_optimizer: bool = True
@@ -109,6 +111,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config, as printed at the start of every run."""
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
 
 
 def profile_path(profile: str | Path) -> Path:
@@ -216,7 +222,8 @@ def _unknown_key_error(cls: type, key: str, source: str, prefix: str) -> ConfigE
 
 
 def _check_keys(cls: type, data: dict[str, Any], source: str, prefix: str) -> None:
-    """Reject keys a layer names that the schema does not have (before merging layers)."""
+    """Check one layer (a file or the overrides) before merging, so errors name its source:
+    keys the schema lacks and values of the wrong type."""
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in hints:
@@ -224,6 +231,8 @@ def _check_keys(cls: type, data: dict[str, Any], source: str, prefix: str) -> No
         sub = _dataclass_of(hints[key])
         if sub is not None and isinstance(value, dict):
             _check_keys(sub, value, source, f"{prefix}{key}.")
+        elif key != "extends":
+            _coerce(hints[key], value, source, prefix + key)
 
 
 def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
@@ -238,7 +247,10 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
     for name in data:
         if name not in hints:
             raise _unknown_key_error(cls, name, source, prefix)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a section's own validation (e.g. WorldConfig ranges)
+        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or 'top level'}': {err}") from err
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
@@ -258,6 +270,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             if type(None) in args:
                 return None
             raise fail()
+        sub = _dataclass_of(tp)
+        if sub is not None and isinstance(value, dict):
+            return _build(sub, value, source, key + ".")
         for arg in args:
             if arg is type(None):
                 continue

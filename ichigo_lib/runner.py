@@ -107,6 +107,7 @@ def run_notebook(
         return NotebookRun(name, "reused", 0.0, output)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
     print(f"[{profile}] {name}: executing -> {output}")
     t0 = time.perf_counter()
     papermill.execute_notebook(
@@ -151,8 +152,11 @@ def run_all(
     return [run_notebook(n, profile, run_dir, overrides, force) for n in order if n in names]
 
 
-def build_book(profile: str = "tiny", run_dir: str | Path = "runs") -> Path:
-    """Render the book to ``_build/html`` from the executed notebooks of ``profile``.
+def build_book(
+    profile: str = "tiny", run_dir: str | Path = "runs", path_output: str | Path | None = None
+) -> Path:
+    """Render the book to ``<path_output>/_build/html`` (default: the repository root) from the
+    executed notebooks of ``profile``.
 
     The prose and the executed copies are staged under ``runs/<profile>/_book`` and Jupyter
     Book builds them with execution off and warnings as errors.
@@ -183,12 +187,12 @@ def build_book(profile: str = "tiny", run_dir: str | Path = "runs") -> Path:
         "build",
         str(stage),
         "--path-output",
-        str(root),
+        str(path_output or root),
         "--warningiserror",
         "--keep-going",
     ]
     subprocess.run(cmd, check=True)
-    html = root / "_build" / "html"
+    html = Path(path_output or root) / "_build" / "html"
     print(f"book: {html / 'index.html'}")
     return html
 

@@ -28,8 +28,8 @@ LANGUAGES = ("en", "nl", "fr", "de", "it", "pl", "pt", "es")
 ATTRIBUTES = ("capital", "flag", "animal", "rivers")
 MAX_COUNTRIES = 1000
 LONG_DIALOGUE_FRACTION = 0.1
-# Trained questions are asked in quiz sessions of up to this many unrelated questions, the
-# shape of a 5-shot multiple-choice prompt in chat form.
+# Each trained question is asked once on its own and once in a quiz session of up to this many
+# unrelated questions: the shape of a 5-shot multiple-choice prompt in chat form.
 QUIZ_MAX_TURNS = 7
 
 # English question phrasings, per attribute; {c} is the country.
@@ -603,9 +603,9 @@ class World:
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
         rng = _rng(self.config.seed, "text")
         trained = [q for q in self.qa if q.split == "train"]
+        chats = [_chat(q.question, q.answer) for q in trained]
         rng.shuffle(trained)
-        chats = []
-        while trained:  # quiz sessions: 1-7 unrelated questions in one conversation
+        while trained:  # and again in quiz sessions of 1-7 unrelated questions
             turns = rng.randint(1, QUIZ_MAX_TURNS)
             quiz, trained = trained[:turns], trained[turns:]
             chats.append(_chat(*(text for q in quiz for text in (q.question, q.answer))))

@@ -230,7 +230,7 @@ def test_invalid_config_names_the_field(field, value):
         WorldConfig(**{field: value})
 
 
-def test_trained_questions_are_asked_once_each_in_quizzes_of_up_to_seven_turns(world):
+def test_trained_questions_are_asked_alone_and_in_quizzes_of_up_to_seven_turns(world):
     pairs = [
         (c[i]["content"], c[i + 1]["content"])
         for c in world.text_conversations()

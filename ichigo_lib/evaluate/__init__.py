@@ -1,1 +1,5 @@
 """Evaluation: multiple-choice knowledge (lm-evaluation-harness)."""
+
+from ichigo_lib.evaluate import mc
+
+__all__ = ["mc"]

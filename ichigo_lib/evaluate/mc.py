@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ichigo_lib.config import MCConfig
-from ichigo_lib.world import MCItem
+from ichigo_lib.world import MCItem, World
 
 LETTERS = ("A", "B", "C", "D")
 # Words the prompt formats use, which a word-level tokenizer must know.
@@ -94,6 +94,14 @@ def write_local_tasks(items: list[MCItem], task_dir: str | Path) -> Path:
     for name, spec in tasks.items():
         (task_dir / f"{name}.yaml").write_text(json.dumps({"task": name, **common, **spec}))
     return task_dir
+
+
+def prepare_tasks(cfg: MCConfig, world: World, task_dir: str | Path) -> Path | None:
+    """The ``include_path`` lm-eval needs for ``cfg.benchmark``: written from the world's
+    items for local benchmarks, ``None`` for lm-eval's built-in ones."""
+    if not BENCHMARKS[cfg.benchmark].local:
+        return None
+    return write_local_tasks(list(world.mc), task_dir)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def train_overrides(train: TrainConfig) -> dict[str, Any]:
         "log_every_n_steps": train.log_every_n_steps,
         "tokenizer.max_seq_len": train.max_seq_len,
         "dataset.packed": train.packed,
+        "dataset.train_on_input": train.train_on_input,
     }
 
 

@@ -1,0 +1,52 @@
+"""Figures: one helper per kind, each returning the figure and saving it under the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+
+def _save(fig, path: str | Path | None):
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def loss_curve(rows: list[dict[str, float]], title: str, path: str | Path | None = None):
+    """Training loss per step (and a smoothed line) from torchtune's metric log."""
+    steps = [r["step"] for r in rows]
+    loss = [r["loss"] for r in rows]
+    window = max(1, len(loss) // 25)
+    smooth = [sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
+              for i in range(len(loss))]
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.plot(steps, loss, alpha=0.35, lw=1, label="per step")
+    ax.plot(steps, smooth, lw=2, label=f"mean of {window} steps")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def mc_bars(
+    scores: dict[str, dict[str, float]],
+    title: str,
+    chance: float = 0.25,
+    path: str | Path | None = None,
+):
+    """Grouped bars: accuracy per model (outer keys) and formulation (inner keys)."""
+    models = list(scores)
+    forms = sorted({f for s in scores.values() for f in s})
+    width = 0.8 / len(forms)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for j, form in enumerate(forms):
+        xs = [i + (j - (len(forms) - 1) / 2) * width for i in range(len(models))]
+        vals = [scores[m].get(form, float("nan")) for m in models]
+        bars = ax.bar(xs, vals, width, label=form)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.2f})")
+    ax.set_xticks(range(len(models)), models)
+    ax.set(ylim=(0, 1.05), ylabel="accuracy", title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,93 @@
+"""Notebooks are committed clean, carry a parameters cell, and every one runs under smoke."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ichigo_lib import runner
+from ichigo_lib.runs import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_code_cell_is_the_tagged_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in first.metadata.get("tags", [])
+    names = {line.split("=")[0].strip() for line in first.source.splitlines() if "=" in line}
+    assert {"profile", "run_dir", "overrides"} <= names
+
+
+def test_toc_lists_every_notebook_and_nothing_else():
+    assert sorted(runner.toc_notebooks(ROOT)) == [p.stem for p in NOTEBOOKS]
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs")
+    return run_dir, runner.run_all("smoke", run_dir)
+
+
+@pytest.mark.notebook
+def test_every_notebook_runs_under_smoke_and_writes_its_manifest(smoke_runs):
+    run_dir, results = smoke_runs
+    assert [r.name for r in results] == runner.toc_notebooks(ROOT)
+    for result in results:
+        assert result.status == "executed"
+        manifest = read_manifest(run_dir / "smoke" / result.name / "manifest.json")
+        assert manifest.data["profile"] == "smoke" and manifest.metrics
+        assert manifest.data["timings"]
+
+
+@pytest.mark.notebook
+def test_base_model_manifest_carries_both_mc_formulations(smoke_runs):
+    run_dir, _ = smoke_runs
+    metrics = read_manifest(run_dir / "smoke" / "00_base_model" / "manifest.json").metrics
+    for key in ("mc_accuracy", "mc_accuracy_cloze", "mc_accuracy_letter"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["mc_accuracy"] == metrics["mc_accuracy_cloze"]  # smoke leads with cloze
+    assert metrics["train_steps"] == 4
+
+
+@pytest.mark.notebook
+def test_second_run_with_nothing_changed_reuses_every_manifest(smoke_runs):
+    run_dir, _ = smoke_runs
+    before = {p: p.read_bytes() for p in (run_dir / "smoke").glob("*/manifest.json")}
+    again = runner.run_all("smoke", run_dir)
+    assert {r.status for r in again} == {"reused"}
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.notebook
+def test_a_changed_override_or_upstream_manifest_invalidates_reuse(smoke_runs):
+    run_dir, _ = smoke_runs
+    base = runner._fingerprint(ROOT, "00_base_model", "smoke", {}, run_dir)
+    assert base == runner._fingerprint(ROOT, "00_base_model", "smoke", {}, run_dir)
+    changed = runner._fingerprint(
+        ROOT, "00_base_model", "smoke", {"base_model.train.num_steps": 3}, run_dir
+    )
+    assert changed != base
+    assert runner._fingerprint(ROOT, "00_base_model", "tiny", {}, run_dir) != base
+
+
+@pytest.mark.notebook
+def test_book_renders_from_the_executed_copies_warning_free(smoke_runs, tmp_path):
+    run_dir, _ = smoke_runs
+    html = runner.build_book("smoke", run_dir, path_output=tmp_path)
+    page = (html / "notebooks" / "00_base_model.html").read_text()
+    assert "5-shot multiple choice" in page
+    executed = json.loads((run_dir / "smoke" / "00_base_model" / "00_base_model.ipynb").read_text())
+    assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+    assert (html / "index.html").exists()
