@@ -132,8 +132,22 @@ def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
         rope_base=float(rope.get("rope_theta", config.get("rope_theta", 500000.0))),
         norm_eps=config["rms_norm_eps"],
     )
-    builder = llama3_1 if rope.get("rope_type") == "llama3" else llama3
-    model = builder(**kwargs)
+    if rope.get("rope_type") == "llama3":
+        fixed = {
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+        if any(float(rope.get(k, v)) != v for k, v in fixed.items()):
+            raise CheckpointError(
+                f"{ckpt_dir}/config.json: llama3 RoPE scaling {rope} differs from Llama-3.1's "
+                f"{fixed}, the only one torchtune's llama3_1 builder implements"
+            )
+        model = llama3_1(**kwargs, scale_factor=int(rope.get("factor", 8)))
+    elif rope.get("rope_type", "default") == "default":
+        model = llama3(**kwargs)
+    else:
+        raise CheckpointError(f"{ckpt_dir}/config.json: unsupported RoPE scaling {rope}")
     with tempfile.TemporaryDirectory() as scratch:  # the checkpointer insists on an output dir
         checkpointer = FullModelHFCheckpointer(
             checkpoint_dir=str(ckpt_dir),

@@ -250,7 +250,9 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as err:  # a section's own validation (e.g. WorldConfig ranges)
-        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or 'top level'}': {err}") from err
+        raise ConfigError(
+            f"{source}: section '{prefix.rstrip('.') or 'top level'}': {err}"
+        ) from err
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
@@ -289,7 +291,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise fail()
         return tuple(
-            _coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+            _coerce(a, v, source, f"{key}[{i}]")
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
     if tp is bool:
         if not isinstance(value, bool):

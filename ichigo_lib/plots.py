@@ -18,8 +18,10 @@ def loss_curve(rows: list[dict[str, float]], title: str, path: str | Path | None
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
     window = max(1, len(loss) // 25)
-    smooth = [sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
-              for i in range(len(loss))]
+    smooth = [
+        sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
+        for i in range(len(loss))
+    ]
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     ax.plot(steps, loss, alpha=0.35, lw=1, label="per step")
     ax.plot(steps, smooth, lw=2, label=f"mean of {window} steps")

@@ -16,8 +16,9 @@ from ichigo_lib.checkpoints import (
 from ichigo_lib.config import LlamaArch
 from ichigo_lib.wordtok import build_word_tokenizer
 
-ARCH = LlamaArch(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32, intermediate_dim=64,
-                 max_seq_len=64)
+ARCH = LlamaArch(
+    num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32, intermediate_dim=64, max_seq_len=64
+)
 
 
 @pytest.fixture
@@ -40,17 +41,29 @@ def test_tiny_init_checkpoint_loads_in_torchtune_with_hf_logits(tiny_ckpt):
 def test_llama31_layout_with_scaled_rope_loads_with_hf_logits(tmp_path):
     """A tiny checkpoint in Llama-3.1-8B-Instruct's format (vocab 128256, llama3 RoPE scaling)."""
     config = LlamaConfig(
-        vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
-        rms_norm_eps=1e-5, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 64},
+        vocab_size=128256,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     build_word_tokenizer(["x"]).save_pretrained(tmp_path)
-    ids = torch.randint(0, 128256, (1, 200))  # past original_max_position_embeddings
+    ids = torch.randint(0, 128256, (1, 200))
     assert _same_logits(tmp_path, ids)
 
 
@@ -60,14 +73,19 @@ def test_local_directory_is_used_as_is(tiny_ckpt):
 
 def test_unreachable_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="could not download 'meta-llama/Nope'.*local directory"):
+    with pytest.raises(
+        CheckpointError, match="(?s)could not download 'meta-llama/Nope'.*local directory"
+    ):
         fetch_hf_checkpoint("meta-llama/Nope", cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize(
     ("remove", "message"),
-    [("config.json", "no config.json"), ("model.safetensors", "no \\*.safetensors"),
-     ("tokenizer.json", "no tokenizer.json")],
+    [
+        ("config.json", "no config.json"),
+        ("model.safetensors", "no \\*.safetensors"),
+        ("tokenizer.json", "no tokenizer.json"),
+    ],
 )
 def test_incomplete_checkpoint_names_what_is_missing(tiny_ckpt, remove, message):
     (tiny_ckpt / remove).unlink()
@@ -80,3 +98,11 @@ def test_non_llama_checkpoint_is_rejected(tiny_ckpt):
     (tiny_ckpt / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(CheckpointError, match="not llama"):
         validate_hf_checkpoint(tiny_ckpt)
+
+
+def test_rope_scaling_torchtune_cannot_reproduce_is_refused(tiny_ckpt):
+    config = json.loads((tiny_ckpt / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    (tiny_ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unsupported RoPE scaling"):
+        torchtune_llama_from_hf(tiny_ckpt)

@@ -59,7 +59,10 @@ def test_over_long_conversation_raises_instead_of_being_truncated(tmp_path):
 
 def test_masks_follow_train_on_input(tokenizers):
     _, tt = tokenizers
-    msgs = [Message("user", "What is the capital of Zorvia?", masked=True), Message("assistant", "Parvel")]
+    msgs = [
+        Message("user", "What is the capital of Zorvia?", masked=True),
+        Message("assistant", "Parvel"),
+    ]
     tokens, mask = tt.tokenize_messages(msgs)
     assert len(tokens) == len(mask) and mask[1] is True and mask[-2] is False
 
