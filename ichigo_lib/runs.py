@@ -244,8 +244,20 @@ def start_run(
         import torch
 
         torch.set_num_threads(config.num_threads)
+    _quiet_library_progress_bars()
     print(f"run {name} | profile {run.profile} | artifacts in {run.dir}", file=sys.stderr)
     return run
+
+
+def _quiet_library_progress_bars() -> None:
+    """The book's stages show their own progress; HF libraries' bars would only clutter."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _plain(overrides: dict | str | None) -> dict[str, Any]:

@@ -14,6 +14,8 @@ held-out items) and ``mmlu`` (lm-eval's ``mmlu`` and ``mmlu_continuation`` group
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -112,6 +114,7 @@ class MCResult:
     letter: float
     num_items: int
     samples: list[dict[str, Any]]
+    log: str = ""
 
     def metrics(self, headline: str) -> dict[str, float]:
         """Flat metrics: ``mc_accuracy`` is the headline formulation's accuracy."""
@@ -135,7 +138,14 @@ def evaluate_mc(
         raise ValueError(f"benchmark '{cfg.benchmark}' needs task_dir from write_local_tasks")
     manager = TaskManager(include_path=str(task_dir) if bench.local else None)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    out = lm_eval.simple_evaluate(
+    log = io.StringIO()  # lm-eval's per-request progress bars; kept in the result, not printed
+    with contextlib.redirect_stderr(log):
+        out = _simple_evaluate(lm_eval, manager, bench, model_dir, cfg)
+    return _result(out, bench, log.getvalue())
+
+
+def _simple_evaluate(lm_eval, manager, bench: Benchmark, model_dir, cfg: MCConfig) -> dict:
+    return lm_eval.simple_evaluate(
         model="hf",
         model_args={"pretrained": str(model_dir), "dtype": cfg.dtype},
         tasks=[bench.cloze_task, bench.letter_task],
@@ -152,6 +162,9 @@ def evaluate_mc(
         torch_random_seed=0,
         fewshot_random_seed=0,
     )
+
+
+def _result(out: dict, bench: Benchmark, log: str) -> MCResult:
     results = out["results"]
     samples = [
         {
@@ -165,8 +178,10 @@ def evaluate_mc(
     return MCResult(
         cloze=float(results[bench.cloze_task][f"{bench.cloze_metric},none"]),
         letter=float(results[bench.letter_task]["acc,none"]),
-        num_items=len(samples) or int(out["n-samples"][bench.cloze_task]["effective"]),
+        # both formulations score the same items, so lm-eval's per-task counts hold each twice
+        num_items=len(samples) or sum(n["effective"] for n in out["n-samples"].values()) // 2,
         samples=samples,
+        log=log,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ichigo_lib.config import CONFIG_DIR, TrainConfig
 
@@ -149,7 +149,10 @@ def tune_run(
         env["OMP_NUM_THREADS"] = str(num_threads)
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=60)
-    with open(console_log, "w") as log, tqdm(total=num_steps, desc=recipe, unit="step") as bar:
+    with (
+        open(console_log, "w") as log,
+        tqdm(total=num_steps, desc=recipe, unit="step", mininterval=2.0) as bar,
+    ):
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
