@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 KERNEL  := $(VENV)/share/jupyter/kernels/python3/kernel.json
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system book test lint format bench clean
+.PHONY: setup system book test lint format clean
 
 setup: system $(STAMP) $(KERNEL)
 
