@@ -113,7 +113,7 @@ def run_notebook(
     papermill.execute_notebook(
         str(source),
         str(output),
-        parameters={"profile": profile, "run_dir": str(run_dir), "overrides": overrides},
+        parameters={"profile": profile, "run_dir": _shown(run_dir, root), "overrides": overrides},
         kernel_name="python3",
         cwd=str(root / "notebooks"),
         progress_bar=False,
@@ -127,6 +127,11 @@ def run_notebook(
     )
     print(f"[{profile}] {name}: done in {seconds:.1f} s")
     return NotebookRun(name, "executed", seconds, output)
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` as the executed notebook shows it: repository-relative when it can be."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _still_valid(stamp: Path, fingerprint: str, manifest: Path, output: Path) -> bool:
