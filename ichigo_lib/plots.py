@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _save(fig, path: str | Path | None):
@@ -18,10 +19,9 @@ def loss_curve(rows: list[dict[str, float]], title: str, path: str | Path | None
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
     window = max(1, len(loss) // 25)
-    smooth = [
-        sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
-        for i in range(len(loss))
-    ]
+    totals = np.cumsum([0.0, *loss])
+    starts = np.maximum(np.arange(1, len(loss) + 1) - window, 0)
+    smooth = (totals[1:] - totals[starts]) / (np.arange(1, len(loss) + 1) - starts)
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     ax.plot(steps, loss, alpha=0.35, lw=1, label="per step")
     ax.plot(steps, smooth, lw=2, label=f"mean of {window} steps")

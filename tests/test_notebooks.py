@@ -71,7 +71,7 @@ def test_second_run_with_nothing_changed_reuses_every_manifest(smoke_runs):
 
 
 @pytest.mark.notebook
-def test_a_changed_override_or_upstream_manifest_invalidates_reuse(smoke_runs):
+def test_a_changed_override_or_profile_invalidates_reuse(smoke_runs):
     run_dir, _ = smoke_runs
     base = runner._fingerprint(ROOT, "00_base_model", "smoke", {}, run_dir)
     assert base == runner._fingerprint(ROOT, "00_base_model", "smoke", {}, run_dir)

@@ -140,28 +140,24 @@ def evaluate_mc(
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     log = io.StringIO()  # lm-eval's per-request progress bars; kept in the result, not printed
     with contextlib.redirect_stderr(log):
-        out = _simple_evaluate(lm_eval, manager, bench, model_dir, cfg)
+        out = lm_eval.simple_evaluate(
+            model="hf",
+            model_args={"pretrained": str(model_dir), "dtype": cfg.dtype},
+            tasks=[bench.cloze_task, bench.letter_task],
+            num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            limit=cfg.limit,
+            apply_chat_template=cfg.apply_chat_template,
+            fewshot_as_multiturn=cfg.apply_chat_template,
+            task_manager=manager,
+            log_samples=bench.local,
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+        )
     return _result(out, bench, log.getvalue())
-
-
-def _simple_evaluate(lm_eval, manager, bench: Benchmark, model_dir, cfg: MCConfig) -> dict:
-    return lm_eval.simple_evaluate(
-        model="hf",
-        model_args={"pretrained": str(model_dir), "dtype": cfg.dtype},
-        tasks=[bench.cloze_task, bench.letter_task],
-        num_fewshot=cfg.num_fewshot,
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-        limit=cfg.limit,
-        apply_chat_template=cfg.apply_chat_template,
-        fewshot_as_multiturn=cfg.apply_chat_template,
-        task_manager=manager,
-        log_samples=bench.local,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-    )
 
 
 def _result(out: dict, bench: Benchmark, log: str) -> MCResult:
