@@ -19,11 +19,12 @@ system:
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng sox >/dev/null )
 
 # torch first: with it installed, nothing later pulls the multi-GB CUDA wheels.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-whisper.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps -r requirements-whisper.txt
 	touch $@
 
 $(KERNEL): $(STAMP)

@@ -98,6 +98,69 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SpeechCorpusConfig:
+    """What the quantizer hears: the world's sentences spoken by espeak-ng in varied voices."""
+
+    voices_per_sentence: int = 2
+    extra_english_questions: int = 600  # trained QA questions added (spoken in phases 2-3)
+    heldout_per_language: int = 25  # held-out sentences per language for the metrics
+    speeds: tuple[int, int] = (130, 190)  # words per minute
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TinyVQArch:
+    """The tiny WhisperVQ: Whisper-style encoder, bottleneck, character decoder."""
+
+    n_state: int = 128
+    n_head: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 2
+    bottleneck_depth: int = 1
+    codebook_dim: int = 32
+    vq_codes: int = 512
+    codebook_decay: float = 0.8
+    dead_code_threshold: float = 2.0
+    n_text_ctx: int = 192
+
+
+@dataclass(frozen=True)
+class VQTrainConfig:
+    """Training of the tiny quantizer (transcription CE + auxiliary CTC + commitment)."""
+
+    num_steps: int
+    batch_seconds: float = 60.0
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    quantizer_start_step: int = 150  # train unquantized first, then k-means init the codebook
+    ctc_weight: float = 0.3
+    commitment_weight: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """The speech tokenizer: trained here (tiny) or a published WhisperVQ checkpoint."""
+
+    source: Literal["train", "pretrained"]
+    corpus: SpeechCorpusConfig = SpeechCorpusConfig()
+    quantizer: str | None = None  # file or "repo_id:filename" (pretrained)
+    whisper: str | None = None  # Whisper checkpoint path/name (default: the file's config)
+    whisper_root: str | None = None
+    arch: TinyVQArch | None = None
+    train: VQTrainConfig | None = None
+    encode_batch_size: int = 16
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.source == "train" and (self.arch is None or self.train is None):
+            raise ConfigError("speech.source 'train' needs speech.arch and speech.train")
+        if self.source == "pretrained" and not self.quantizer:
+            raise ConfigError("speech.source 'pretrained' needs speech.quantizer")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole resolved profile."""
 
@@ -105,6 +168,7 @@ class Config:
     description: str
     world: WorldConfig
     base_model: BaseModelConfig
+    speech: SpeechConfig
     eval: EvalConfig
     num_threads: int | None = None
     extends: str | None = field(default=None, compare=False)

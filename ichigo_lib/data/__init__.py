@@ -1,0 +1,1 @@
+"""Synthetic data: sharded text -> speech -> tokens pipeline, phase datasets, inaudible input."""

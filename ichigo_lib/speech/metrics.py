@@ -1,0 +1,70 @@
+"""How good a speech tokenizer is: code usage, token rate, voice (in)dependence, baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ichigo_lib.speech import audio as A
+
+
+def codebook_usage(codes: Sequence[np.ndarray], vq_codes: int = 512) -> float:
+    """Fraction of the ``vq_codes`` real codes that occur at least once."""
+    used = np.unique(np.concatenate(codes))
+    return float(np.count_nonzero(used < vq_codes)) / vq_codes
+
+
+def code_perplexity(codes: Sequence[np.ndarray], vq_codes: int = 513) -> float:
+    """exp(entropy) of the code distribution: the number of equally used codes it amounts to."""
+    counts = np.bincount(np.concatenate(codes), minlength=vq_codes).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def tokens_per_second(codes: Sequence[np.ndarray], clips: Sequence[np.ndarray]) -> float:
+    return sum(len(c) for c in codes) / (sum(len(x) for x in clips) / A.SAMPLE_RATE)
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
+    """Levenshtein distance of two code sequences divided by the longer length (0 = same)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return float(Levenshtein.normalized_distance(list(a), list(b)))
+
+
+def pair_distance(first: Sequence[np.ndarray], second: Sequence[np.ndarray]) -> float:
+    """Mean normalised edit distance of aligned pairs (e.g. the same sentence, two voices)."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"need two equal non-empty lists, got {len(first)} and {len(second)}")
+    return float(np.mean([edit_distance(a, b) for a, b in zip(first, second, strict=True)]))
+
+
+def random_pair_distance(first: Sequence[np.ndarray], second: Sequence[np.ndarray]) -> float:
+    """The same measure on mismatched pairs (sentence i vs i + 1): what "unrelated" scores."""
+    return pair_distance(list(first), list(second[1:]) + list(second[:1]))
+
+
+def pooled_mel_frames(clip: np.ndarray, pool: int = 4) -> torch.Tensor:
+    """Log-mel frames averaged ``pool`` at a time: 25 vectors per second, like the tokens."""
+    mel = A.log_mel(clip).T
+    n = mel.shape[0] // pool * pool
+    return mel[:n].reshape(-1, pool, mel.shape[1]).mean(1)
+
+
+def kmeans_tokenizer(clips: Sequence[np.ndarray], k: int = 512, iters: int = 15, seed: int = 0):
+    """Baseline tokenizer: plain k-means on 25 Hz pooled log-mel frames; returns encode(clip)."""
+    x = torch.cat([pooled_mel_frames(c) for c in clips])
+    gen = torch.Generator().manual_seed(seed)
+    means = x[torch.randperm(len(x), generator=gen)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, means).argmin(1)
+        sums = torch.zeros_like(means).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], means)
+
+    def encode(clip: np.ndarray) -> np.ndarray:
+        return torch.cdist(pooled_mel_frames(clip), means).argmin(1).numpy()
+
+    return encode

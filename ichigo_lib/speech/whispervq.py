@@ -1,0 +1,403 @@
+"""WhisperVQ: audio -> 25 Hz discrete sound tokens, from a real checkpoint or the tiny one.
+
+File format (WhisperSpeech's ``RQBottleneckTransformer.save_model``): a ``torch.save`` dict with
+``config`` (constructor arguments, incl. ``whisper_model_name``), ``tunables`` and ``state_dict``
+(the bottleneck). The Whisper encoder/decoder are not in the file: WhisperSpeech loads them by
+name with openai-whisper. The tiny quantizer trained in notebook 01 adds one key, ``ichigo``,
+holding its own small Whisper (``dims`` + ``model_state_dict``, openai-whisper's checkpoint
+layout), its character alphabet and ``window: "clip"``. WhisperSpeech ignores the extra key; we
+load either kind through :func:`load_whispervq`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ichigo_lib.speech import audio as A
+from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
+from ichigo_lib.world import LANGUAGES
+
+# openai-whisper's download table (the sha256 of each file is in its URL).
+WHISPER_URLS = {
+    "tiny": "65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9/tiny.pt",
+    "tiny.en": "d3dd57d32accea0b295c96e26691aa14d8822fac7d9d27d5dc00b4ca2826dd03/tiny.en.pt",
+    "base": "ed3a0b6b1c0edf879ad9b11b1af5a0e6ab5db9205f891f668f8b0e6c6326e34e/base.pt",
+    "base.en": "25a8566e1d0c1e2231d1c762132cd20e0f96a85d16145c3a00adf5d1ac670ead/base.en.pt",
+    "small": "9ecf779972d90ba49c06d968637d720dd632c55bbf19d441fb42bf17a411e794/small.pt",
+    "medium": "345ae4da62f9b3d59415adc60127b97c714f32e89e936602e85993674d08dcb1/medium.pt",
+    "medium.en": "d7440d1dc186f76616474e0ff0b3b6b879abc9d1a4926b7adfa41db2d497ab4f/medium.en.pt",
+}
+WHISPER_URL_ROOT = "https://openaipublic.azureedge.net/main/whisper/models/"
+# Constructor arguments of RQBottleneckTransformer that shape the bottleneck.
+_CONFIG_KEYS = ("vq_codes", "q_depth", "depth", "n_head", "head_width", "ffn_mult", "codebook_dim")
+
+
+class CheckpointFormatError(ValueError):
+    """A quantizer or Whisper file that is not in the expected format."""
+
+
+@dataclass(frozen=True)
+class CharCodec:
+    """Characters <-> ids for the tiny transcription decoder.
+
+    Ids: 0 pad/CTC blank, 1 start of transcript, 2 end, then one per language, then characters.
+    """
+
+    alphabet: str
+    languages: tuple[str, ...] = LANGUAGES
+
+    PAD, SOT, EOT = 0, 1, 2
+
+    @property
+    def n_vocab(self) -> int:
+        return 3 + len(self.languages) + len(self.alphabet)
+
+    def lang_id(self, lang: str) -> int:
+        if lang not in self.languages:
+            raise KeyError(f"unknown language {lang!r}; the decoder knows {self.languages}")
+        return 3 + self.languages.index(lang)
+
+    def encode(self, text: str) -> list[int]:
+        base = 3 + len(self.languages)
+        unknown = sorted(set(text) - set(self.alphabet))
+        if unknown:
+            raise ValueError(f"characters {unknown} of {text!r} are not in the decoder's alphabet")
+        return [base + self.alphabet.index(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        base = 3 + len(self.languages)
+        return "".join(self.alphabet[i - base] for i in ids if base <= i < self.n_vocab)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> CharCodec:
+        return cls("".join(sorted(set("".join(texts)))))
+
+
+def whisper_checkpoint(name_or_path: str, root: str | Path | None = None) -> dict:
+    """openai-whisper checkpoint (``{"dims", "model_state_dict"}``) by file path or model name.
+
+    Names resolve to ``<root>/<name>.pt`` (default root: openai-whisper's cache,
+    ``~/.cache/whisper``), downloaded from OpenAI with its sha256 checked if missing.
+    """
+    path = Path(name_or_path)
+    if not path.is_file():
+        if name_or_path not in WHISPER_URLS:
+            raise CheckpointFormatError(
+                f"{name_or_path!r} is neither a Whisper checkpoint file nor one of "
+                f"{sorted(WHISPER_URLS)}"
+            )
+        root = Path(root or Path.home() / ".cache" / "whisper")
+        path = root / f"{name_or_path}.pt"
+        if not path.is_file():
+            _download(WHISPER_URL_ROOT + WHISPER_URLS[name_or_path], path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not {"dims", "model_state_dict"} <= set(ckpt):
+        raise CheckpointFormatError(f"{path}: not an openai-whisper checkpoint (dims missing)")
+    return ckpt
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` atomically, verifying the sha256 in the URL."""
+    expected = url.split("/")[-2]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as err:
+        raise CheckpointFormatError(
+            f"cannot download {url} ({err}); put the file at {dest} or pass its path"
+        ) from err
+    if digest.hexdigest() != expected:
+        tmp.unlink()
+        raise CheckpointFormatError(f"{url}: sha256 mismatch, download corrupted")
+    os.replace(tmp, dest)
+
+
+def resolve_quantizer(ref: str | Path) -> Path:
+    """Local path of a quantizer file: a path, or ``"repo_id:filename"`` on the HF hub."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    if ":" in str(ref) and not path.exists():
+        repo_id, filename = str(ref).split(":", 1)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+        except Exception as err:
+            raise CheckpointFormatError(
+                f"cannot fetch {filename} from the hub repo {repo_id} ({err}); download it "
+                f"elsewhere and set speech.quantizer to the local file"
+            ) from err
+    raise CheckpointFormatError(f"{ref}: no such quantizer file (nor a 'repo_id:filename')")
+
+
+class WhisperVQ(nn.Module):
+    """Whisper encoder + quantized bottleneck (+ decoder): audio in, sound tokens out."""
+
+    def __init__(
+        self,
+        encoder: AudioEncoder,
+        bottleneck: Bottleneck,
+        decoder: TextDecoder | None,
+        window: str,
+        spec: dict,
+        codec: CharCodec | None = None,
+    ):
+        super().__init__()
+        if window not in ("window", "clip"):
+            raise ValueError(f"window must be 'window' or 'clip', got {window!r}")
+        self.encoder, self.bottleneck, self.decoder = encoder, bottleneck, decoder
+        self.window = window
+        self.spec = spec  # config/tunables/ichigo metadata, for save()
+        self.codec = codec
+
+    @property
+    def vq_codes(self) -> int:
+        return self.bottleneck.vq_codes
+
+    @property
+    def samples_per_token(self) -> int:
+        return A.HOP_LENGTH * 2 * self.bottleneck.downsample
+
+    @property
+    def tokens_per_second(self) -> float:
+        return A.SAMPLE_RATE / self.samples_per_token
+
+    # -- encoding ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_mels(self, mels: Sequence[Tensor]) -> list[Tensor]:
+        """Codes of log-mels (each (80, frames), at most 30 s), one batch, one code per 40 ms."""
+        device = next(self.parameters()).device
+        frames = torch.tensor([m.shape[-1] for m in mels], device=device)
+        if int(frames.max()) > 2 * self.encoder.n_ctx:
+            raise ValueError(f"a log-mel exceeds {2 * self.encoder.n_ctx} frames; use encode()")
+        width = 2 * self.encoder.n_ctx if self.window == "window" else int(frames.max())
+        pad = A.MEL_PAD_VALUE if self.window == "window" else 0.0
+        batch = torch.full((len(mels), mels[0].shape[0], width), pad, device=device)
+        for i, m in enumerate(mels):
+            batch[i, :, : m.shape[-1]] = m
+        embs = self.encoder(batch, None if self.window == "window" else frames)
+        codes = self.bottleneck.quantize(embs)
+        keep = frames // (2 * self.bottleneck.downsample)
+        return [c[:k].cpu() for c, k in zip(codes, keep.tolist(), strict=True)]
+
+    def encode(
+        self, clips: Sequence[np.ndarray], batch_size: int = 16, names: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
+        """Codes (int64) for each 16 kHz clip; clips over 30 s are encoded per 30 s window and
+        concatenated (``len // 640`` tokens in all). Clips are validated (see ``prepare_audio``)
+        and batched by length so little padding is computed."""
+        names = names or [f"clip {i}" for i in range(len(clips))]
+        pieces = []  # (clip index, window index, samples)
+        for i, clip in enumerate(clips):
+            clip = A.prepare_audio(clip, A.SAMPLE_RATE, name=names[i])
+            pieces += [(i, j, w) for j, w in enumerate(A.windows(clip))]
+        device = next(self.parameters()).device
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][2]))
+        out: dict[tuple[int, int], Tensor] = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            mels = [A.log_mel(pieces[k][2], device=str(device)) for k in idx]
+            for k, codes in zip(idx, self.encode_mels(mels), strict=True):
+                out[pieces[k][:2]] = codes
+        result: list[list[Tensor]] = [[] for _ in clips]
+        for i, j in sorted(out):
+            result[i].append(out[(i, j)])
+        return [torch.cat(parts).numpy().astype(np.int64) for parts in result]
+
+    # -- decoding back to text --------------------------------------------------------------
+    @torch.inference_mode()
+    def transcribe(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
+        """Greedy transcripts of code sequences, decoded from the quantized bottleneck alone."""
+        if self.decoder is None or self.codec is None:
+            return self._whisper_transcribe(codes, langs)
+        device = next(self.parameters()).device
+        lengths = torch.tensor([len(c) for c in codes], device=device)
+        width = self.encoder.n_ctx // self.bottleneck.downsample
+        batch = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long, device=device)
+        for i, c in enumerate(codes):
+            batch[i, : len(c)] = torch.as_tensor(c[:width])
+        xa = self.bottleneck.dequantize(self.bottleneck.code_vectors(batch), lengths)
+        xa_mask = key_mask(lengths * self.bottleneck.downsample, xa.shape[1])
+        codec = self.codec
+        tokens = torch.tensor([[codec.SOT, codec.lang_id(g)] for g in langs], device=device)
+        done = torch.zeros(len(codes), dtype=torch.bool, device=device)
+        while tokens.shape[1] < self.decoder.n_ctx and not bool(done.all()):
+            nxt = self.decoder(tokens, xa, xa_mask)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, codec.EOT), nxt)
+            done |= nxt == codec.EOT
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        return [codec.decode(t[2:].tolist()) for t in tokens]
+
+    def _whisper_transcribe(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
+        """Real checkpoints: decode with openai-whisper's decoder, as WhisperSpeech does."""
+        try:
+            import whisper
+        except ImportError as err:
+            raise ImportError(
+                "transcribing from a real WhisperVQ checkpoint uses openai-whisper's decoder: "
+                "pip install --no-deps openai-whisper (see requirements-whisper.txt)"
+            ) from err
+        model = self._whisper_model(whisper)
+        texts = []
+        for c, lang in zip(codes, langs, strict=True):
+            c = torch.as_tensor(np.asarray(c), dtype=torch.long)
+            stoks_len = self.encoder.n_ctx // self.bottleneck.downsample
+            padded = torch.full((stoks_len,), self.vq_codes, dtype=torch.long)
+            padded[: min(len(c), stoks_len)] = c[:stoks_len]
+            with torch.inference_mode():
+                xa = self.bottleneck.dequantize(self.bottleneck.code_vectors(padded[None]))
+            options = whisper.DecodingOptions(language=lang, without_timestamps=True, fp16=False)
+            texts.append(model.decode(xa, options)[0].text)
+        return texts
+
+    def _whisper_model(self, whisper):
+        if getattr(self, "_whisper", None) is None:
+            ckpt = self.spec["_whisper_ckpt"]
+            model = whisper.model.Whisper(whisper.model.ModelDimensions(**ckpt["dims"]))
+            model.load_state_dict(ckpt["model_state_dict"])
+            self._whisper = model.to(next(self.parameters()).device).eval()
+        return self._whisper
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the WhisperSpeech-format file (plus the ``ichigo`` key for our own Whisper)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = {k: v for k, v in self.spec.items() if not k.startswith("_")}
+        spec["state_dict"] = self.bottleneck.state_dict()
+        if self.window == "clip":
+            whisper_sd = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+            if self.decoder is not None:
+                whisper_sd |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
+            spec["ichigo"] = {
+                "format_version": 1,
+                "window": "clip",
+                "whisper": {"dims": self.spec["_dims"], "model_state_dict": whisper_sd},
+                "alphabet": self.codec.alphabet if self.codec else None,
+                "languages": list(self.codec.languages) if self.codec else None,
+            }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(spec, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def _bottleneck_from_spec(spec: dict, source: str) -> Bottleneck:
+    config, tunables = spec.get("config"), spec.get("tunables") or {}
+    if not isinstance(config, dict) or "state_dict" not in spec:
+        raise CheckpointFormatError(f"{source}: not a WhisperVQ file (no config/state_dict)")
+    missing = [k for k in _CONFIG_KEYS if k not in config]
+    if missing:
+        raise CheckpointFormatError(f"{source}: config lacks {missing}")
+    if config["q_depth"] != 1 or not config.get("use_cosine_sim", False):
+        raise CheckpointFormatError(
+            f"{source}: only single-quantizer cosine-similarity WhisperVQ is supported "
+            f"(q_depth={config['q_depth']}, use_cosine_sim={config.get('use_cosine_sim')})"
+        )
+    if not tunables.get("mask_embs", False) or tunables.get("downsample_conv", False):
+        raise CheckpointFormatError(f"{source}: needs mask_embs and mean downsampling")
+    return Bottleneck(
+        vq_codes=config["vq_codes"],
+        depth=config["depth"],
+        n_head=config["n_head"],
+        head_width=config["head_width"],
+        ffn_mult=config["ffn_mult"],
+        codebook_dim=config["codebook_dim"],
+        threshold_ema_dead_code=config.get("threshold_ema_dead_code", 0),
+        downsample=config.get("downsample", 1),
+        query_mult=tunables.get("query_mult", 1),
+        rope=tunables.get("rope", False),
+        codebook_decay=tunables.get("codebook_decay", 0.9),
+    )
+
+
+def _load_bottleneck_state(bottleneck: Bottleneck, state: dict, source: str) -> None:
+    """Load, accepting both ``out_blocks.`` (older WhisperSpeech) and ``_out_blocks.`` keys."""
+    state = {
+        ("_" + k if k.startswith("out_blocks.") else k): v
+        for k, v in state.items()
+        if not k.endswith((".k_cache", ".v_cache"))
+    }
+    result = bottleneck.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("rotary.inv_freq")]
+    if missing or result.unexpected_keys:
+        raise CheckpointFormatError(
+            f"{source}: state_dict does not match the bottleneck "
+            f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+
+
+def _whisper_parts(ckpt: dict, with_decoder: bool) -> tuple[AudioEncoder, TextDecoder | None]:
+    d = ckpt["dims"]
+    sd = ckpt["model_state_dict"]
+    encoder = AudioEncoder(
+        d["n_mels"], d["n_audio_ctx"], d["n_audio_state"], d["n_audio_head"], d["n_audio_layer"]
+    )
+    encoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("encoder.")})
+    if not with_decoder:
+        return encoder, None
+    decoder = TextDecoder(
+        d["n_vocab"], d["n_text_ctx"], d["n_text_state"], d["n_text_head"], d["n_text_layer"]
+    )
+    decoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("decoder.")})
+    return encoder, decoder
+
+
+def load_whispervq(
+    ref: str | Path,
+    whisper: str | Path | None = None,
+    whisper_root: str | Path | None = None,
+    device: str = "cpu",
+) -> WhisperVQ:
+    """Load a WhisperVQ quantizer: the real ``whisper-vq-stoks-*.model`` or the tiny one.
+
+    ``ref`` is a local file or ``"repo_id:filename"`` on the HF hub. Real checkpoints take their
+    Whisper encoder from ``whisper`` (a checkpoint path) or, by default, the model named in the
+    file's config (``medium`` for ``v3-7lang``), cached under ``whisper_root``.
+    """
+    path = resolve_quantizer(ref)
+    try:
+        spec = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointFormatError(f"{path}: cannot read the quantizer file ({err})") from err
+    if not isinstance(spec, dict):
+        raise CheckpointFormatError(f"{path}: not a WhisperVQ file (got {type(spec).__name__})")
+    bottleneck = _bottleneck_from_spec(spec, str(path))
+    _load_bottleneck_state(bottleneck, spec["state_dict"], str(path))
+    meta = {k: v for k, v in spec.items() if k != "state_dict"}
+    ichigo = spec.get("ichigo")
+    if ichigo is not None:
+        ckpt = ichigo["whisper"]
+        encoder, decoder = _whisper_parts(ckpt, with_decoder=True)
+        codec = CharCodec(ichigo["alphabet"], tuple(ichigo["languages"]))
+        meta |= {"_dims": ckpt["dims"]}
+        model = WhisperVQ(encoder, bottleneck, decoder, ichigo["window"], meta, codec)
+    else:
+        ckpt = whisper_checkpoint(
+            str(whisper or spec["config"]["whisper_model_name"]), whisper_root
+        )
+        width = bottleneck.mlp_ln.normalized_shape[0]
+        if ckpt["dims"]["n_audio_state"] != width:
+            raise CheckpointFormatError(
+                f"{path}: bottleneck width {width} does not match the Whisper encoder's "
+                f"{ckpt['dims']['n_audio_state']} (wrong Whisper model for this quantizer?)"
+            )
+        encoder, _ = _whisper_parts(ckpt, with_decoder=False)
+        meta |= {"_whisper_ckpt": ckpt}
+        model = WhisperVQ(encoder, bottleneck, None, "window", meta)
+    return model.to(device).eval()

@@ -1,0 +1,161 @@
+"""Our WhisperVQ loads WhisperSpeech's files and gives the same codes and transcripts.
+
+The reference is WhisperSpeech's own ``RQBottleneckTransformer`` (0.8.9, requirements-whisper.txt)
+with a tiny random openai-whisper model as its Whisper: the same classes and file formats as the
+published ``whisper-vq-stoks-*.model`` checkpoints, small enough for CPU and no download.
+"""
+
+import dataclasses
+import sys
+import types
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from ichigo_lib.speech import whispervq
+
+SR = 16_000
+
+
+def _stub_torchaudio() -> None:
+    """WhisperSpeech imports torchaudio/torio at module level but the code under test never
+    calls them; PyPI's torchaudio is a CUDA build that does not load on CPU machines."""
+    try:
+        import torchaudio  # noqa: F401
+    except (ImportError, OSError):
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    try:
+        import torio.io._streaming_media_decoder  # noqa: F401
+    except (ImportError, OSError):
+        names = ("torio", "torio.io", "torio.io._streaming_media_decoder")
+        mods = [types.ModuleType(n) for n in names]
+        mods[0].io, mods[1]._streaming_media_decoder = mods[1], mods[2]
+        sys.modules.update(dict(zip(names, mods, strict=True)))
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """Random matrices of unit-ish gain (the zero/constant inits give constant codes)."""
+    for p in model.parameters():
+        if p.ndim >= 2:
+            torch.nn.init.normal_(p, std=1.0 / p.shape[-1] ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(WhisperSpeech model with its Whisper, quantizer file, Whisper checkpoint file)."""
+    _stub_torchaudio()
+    import whisper
+    from whisperspeech import vq_stoks
+
+    tmp = tmp_path_factory.mktemp("whisperspeech")
+    torch.manual_seed(0)
+    dims = whisper.model.ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=2,
+        n_vocab=51865,
+        n_text_ctx=32,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=1,
+    )
+    wmodel = whisper.model.Whisper(dims)
+    _randomise(wmodel)
+    wpath = tmp / "tiny-whisper.pt"
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": wmodel.state_dict()}, wpath)
+    with mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self):  # CPU-only box
+        vq = vq_stoks.RQBottleneckTransformer(
+            vq_codes=512,
+            q_depth=1,
+            n_head=2,
+            head_width=32,
+            depth=1,
+            codebook_dim=16,
+            downsample=2,
+            threshold_ema_dead_code=0,
+            use_cosine_sim=True,
+            whisper_model_name="tiny",
+        )
+    _randomise(vq)
+    qpath = tmp / "whisper-vq-stoks-tiny.model"
+    vq.save_model(qpath)
+    vq.eval()
+    vq.whmodel = [wmodel.eval()]
+    vq.decoding_options = whisper.DecodingOptions(
+        language="en", without_timestamps=True, fp16=False, sample_len=12
+    )
+    return vq, qpath, wpath
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """A gliding harmonic tone with noise: varied enough to use many codes."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 80 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    return (0.2 * x + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_same_codes_as_whisperspeech_on_the_same_audio(reference):
+    vq, qpath, wpath = reference
+    ours = whispervq.load_whispervq(qpath, whisper=wpath)
+    for seed, seconds in enumerate((1.0, 3.3, 7.9)):
+        clip = _speechlike(seconds, seed)
+        with torch.no_grad():
+            expected = vq.encode_audio(torch.from_numpy(clip)[None])[0].numpy()
+        got = ours.encode([clip])[0]
+        assert len(got) == int(seconds * SR) // 640
+        np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(expected)) > 5  # the comparison is not between constant sequences
+
+
+def test_long_audio_is_encoded_whole_where_whisperspeech_truncates_at_30s(reference):
+    vq, qpath, wpath = reference
+    ours = whispervq.load_whispervq(qpath, whisper=wpath)
+    clip = _speechlike(41.0, 7)
+    with torch.no_grad():
+        upstream = vq.encode_audio(torch.from_numpy(clip)[None])[0].numpy()
+    got = ours.encode([clip])[0]
+    assert len(upstream) == 750  # 30 s: the rest is silently dropped upstream
+    assert len(got) == 41 * 25
+    with torch.no_grad():  # ours = upstream on each 30 s window, concatenated
+        head = vq.encode_audio(torch.from_numpy(clip[: 30 * SR])[None])[0].numpy()
+        tail = vq.encode_audio(torch.from_numpy(clip[30 * SR :])[None])[0].numpy()
+    np.testing.assert_array_equal(got, np.concatenate([head, tail]))
+
+
+def test_bottleneck_transcripts_match_whisperspeech_decode_text(reference):
+    vq, qpath, wpath = reference
+    ours = whispervq.load_whispervq(qpath, whisper=wpath)
+    codes = ours.encode([_speechlike(2.0, 3)])[0]
+    with torch.no_grad():
+        expected = vq.decode_text(torch.from_numpy(codes))[0].text
+    with mock.patch("whisper.DecodingOptions", lambda **kw: vq.decoding_options):
+        assert ours.transcribe([codes], ["en"]) == [expected]
+
+
+def test_older_out_blocks_key_names_load(reference, tmp_path):
+    _, qpath, wpath = reference
+    spec = torch.load(qpath, weights_only=True)
+    spec["state_dict"] = {k.lstrip("_"): v for k, v in spec["state_dict"].items()}
+    old = tmp_path / "old.model"
+    torch.save(spec, old)
+    a = whispervq.load_whispervq(qpath, whisper=wpath).encode([_speechlike(2.0, 1)])[0]
+    b = whispervq.load_whispervq(old, whisper=wpath).encode([_speechlike(2.0, 1)])[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_whisper_for_the_quantizer_is_refused(reference, tmp_path):
+    _, qpath, wpath = reference
+    ckpt = torch.load(wpath, weights_only=True)
+    ckpt["dims"]["n_audio_state"] = 32
+    ckpt["model_state_dict"] = {}
+    bad = tmp_path / "other-whisper.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(whispervq.CheckpointFormatError, match="does not match the Whisper"):
+        whispervq.load_whispervq(qpath, whisper=bad)
