@@ -158,3 +158,34 @@ def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
         state = checkpointer.load_checkpoint()["model"]
     model.load_state_dict(state, strict=True)
     return model
+
+
+def write_sound_init(base_dir: str | Path, out_dir: str | Path) -> dict:
+    """The checkpoint phase 1 starts from: ``base_dir`` plus the 515 sound tokens.
+
+    The analogue of upstream's ``llama3.1-s-whispervq-init``: tokenizer extended with
+    ``<|sound_start|>``, ``<|sound_end|>`` and ``<|sound_0000|>``..``<|sound_0512|>``; input
+    embeddings and (untied) output head grown with mean-initialised rows, so every old token's
+    logits are unchanged. Returns the layout and sizes.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ichigo_lib.tokens import extend_hf_tokenizer, resize_token_embeddings
+
+    validate_hf_checkpoint(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    layout = extend_hf_tokenizer(tokenizer)
+    new_vocab = max(len(tokenizer), old_vocab, layout.vocab_size_min)
+    resize_token_embeddings(model, new_vocab)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "old_vocab_size": old_vocab,
+        "vocab_size": new_vocab,
+        "sound_start_id": layout.start_id,
+        "sound_end_id": layout.end_id,
+        "first_sound_id": layout.first_sound_id,
+    }

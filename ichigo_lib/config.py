@@ -110,23 +110,21 @@ class SpeechCorpusConfig:
 
 @dataclass(frozen=True)
 class TinyVQArch:
-    """The tiny WhisperVQ: Whisper-style encoder, bottleneck, character decoder."""
+    """The tiny WhisperVQ: Whisper-style encoder, bottleneck, character CTC head."""
 
     n_state: int = 128
     n_head: int = 4
     encoder_layers: int = 3
-    decoder_layers: int = 2
     bottleneck_depth: int = 1
     codebook_dim: int = 32
     vq_codes: int = 512
     codebook_decay: float = 0.8
     dead_code_threshold: float = 2.0
-    n_text_ctx: int = 192
 
 
 @dataclass(frozen=True)
 class VQTrainConfig:
-    """Training of the tiny quantizer (transcription CE + auxiliary CTC + commitment)."""
+    """Training of the tiny quantizer (CTC transcription through the bottleneck + commitment)."""
 
     num_steps: int
     batch_seconds: float = 60.0
@@ -134,7 +132,7 @@ class VQTrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     quantizer_start_step: int = 150  # train unquantized first, then k-means init the codebook
-    ctc_weight: float = 0.3
+    aux_ctc_weight: float = 0.3  # CTC on the encoder output, a training aid
     commitment_weight: float = 1.0
     seed: int = 0
 

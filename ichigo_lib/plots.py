@@ -52,3 +52,44 @@ def mc_bars(
     ax.set(ylim=(0, 1.05), ylabel="accuracy", title=title)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
+
+
+def waveform_and_mel(samples: np.ndarray, mel, title: str, path: str | Path | None = None):
+    """A clip's waveform above its 80-bin log-mel (100 frames per second)."""
+    seconds = len(samples) / 16_000
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4), sharex=True, height_ratios=(1, 2))
+    top.plot(np.arange(len(samples)) / 16_000, samples, lw=0.5)
+    top.set(ylabel="amplitude", title=title)
+    image = bottom.imshow(
+        np.asarray(mel), aspect="auto", origin="lower", extent=(0, seconds, 0, mel.shape[0])
+    )
+    bottom.set(xlabel="seconds", ylabel="mel bin")
+    fig.colorbar(image, ax=[top, bottom], label="log-mel (Whisper scale)", pad=0.01)
+    return _save(fig, path)
+
+
+def code_usage(codes: list[np.ndarray], num_codes: int, title: str, path: str | Path | None = None):
+    """How often each code occurs, codes sorted from most to least used (log scale)."""
+    counts = np.sort(np.bincount(np.concatenate(codes), minlength=num_codes))[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    ax.bar(np.arange(num_codes), counts, width=1.0)
+    ax.set_yscale("log")
+    used = int((counts > 0).sum())
+    ax.set(xlabel=f"code rank ({used} of {num_codes} used)", ylabel="occurrences", title=title)
+    return _save(fig, path)
+
+
+def vq_training(history: list[dict], quantizer_start: int, path: str | Path | None = None):
+    """Tiny WhisperVQ training: transcription and CTC loss, and active codes, per step."""
+    steps = [h["step"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, label in (("ctc", "CTC transcription"), ("commit", "commitment")):
+        left.plot(steps, [h[key] for h in history], lw=1, label=label)
+    left.axvline(quantizer_start, color="grey", ls="--", lw=1, label="quantizer on")
+    left.set(xlabel="step", ylabel="loss (nats)", yscale="log", title="losses")
+    left.legend(fontsize=8)
+    right.plot(steps, [h["codes_active"] for h in history], lw=1.5)
+    right.set(xlabel="step", ylabel="codes with EMA count > 1", title="active codes", ylim=(0, 530))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

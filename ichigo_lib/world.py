@@ -431,6 +431,11 @@ def _fill(template: str, lang: str, country: Country, attribute: str) -> str:
     return _capitalised(template.format(c=country.name, a=value, rivers=plural))
 
 
+def fact_sentence(country: Country, attribute: str, lang: str, template: int = 0) -> str:
+    """A statement of one fact in ``lang`` (the same fact reads alike across languages)."""
+    return _fill(TEMPLATES[lang][attribute][template], lang, country, attribute)
+
+
 def _acceptable(name: str) -> bool:
     """No doubled letters, no "rz" (a single sound in Polish), nothing rude."""
     doubled = any(a == b for a, b in zip(name, name[1:], strict=False))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ichigo_lib.checkpoints import (
     CheckpointError,
@@ -12,9 +12,11 @@ from ichigo_lib.checkpoints import (
     torchtune_llama_from_hf,
     validate_hf_checkpoint,
     write_llama_init,
+    write_sound_init,
 )
 from ichigo_lib.config import LlamaArch
-from ichigo_lib.wordtok import build_word_tokenizer
+from ichigo_lib.tokens import NUM_CODES, audio_turn
+from ichigo_lib.wordtok import WordTokenizer, build_word_tokenizer
 
 ARCH = LlamaArch(
     num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32, intermediate_dim=64, max_seq_len=64
@@ -106,3 +108,31 @@ def test_rope_scaling_torchtune_cannot_reproduce_is_refused(tiny_ckpt):
     (tiny_ckpt / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="unsupported RoPE scaling"):
         torchtune_llama_from_hf(tiny_ckpt)
+
+
+def test_sound_init_adds_515_tokens_and_keeps_old_logits(tiny_ckpt, tmp_path):
+    info = write_sound_init(tiny_ckpt, tmp_path / "init")
+    assert info["vocab_size"] - info["old_vocab_size"] == NUM_CODES + 2
+    old = AutoModelForCausalLM.from_pretrained(tiny_ckpt, dtype=torch.float32).eval()
+    new = AutoModelForCausalLM.from_pretrained(tmp_path / "init", dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        a, b = old(ids).logits, new(ids).logits
+    torch.testing.assert_close(b[..., : info["old_vocab_size"]], a)
+    emb = new.get_input_embeddings().weight
+    torch.testing.assert_close(emb[info["sound_start_id"]], emb[: info["old_vocab_size"]].mean(0))
+    assert _same_logits(tmp_path / "init", torch.tensor([[1, info["first_sound_id"] + 7]]))
+
+
+def test_sound_init_tokenizers_encode_an_audio_turn_as_one_id_per_code(tiny_ckpt, tmp_path):
+    info = write_sound_init(tiny_ckpt, tmp_path / "init")
+    codes = [0, 511, 512, 3]
+    first = info["first_sound_id"]
+    expected = [info["sound_start_id"], *(first + c for c in codes), info["sound_end_id"]]
+    torchtune_tok = WordTokenizer(tmp_path / "init")
+    assert torchtune_tok.encode(audio_turn(codes), add_bos=False, add_eos=False) == expected
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "init")
+    assert hf_tok(audio_turn(codes), add_special_tokens=False)["input_ids"] == expected
+    assert (
+        write_sound_init(tmp_path / "init", tmp_path / "again")["vocab_size"] == info["vocab_size"]
+    )

@@ -159,3 +159,18 @@ def test_wrong_whisper_for_the_quantizer_is_refused(reference, tmp_path):
     torch.save(ckpt, bad)
     with pytest.raises(whispervq.CheckpointFormatError, match="does not match the Whisper"):
         whispervq.load_whispervq(qpath, whisper=bad)
+
+
+def test_the_tiny_quantizer_file_loads_in_whisperspeech(reference, tmp_path):
+    from whisperspeech import vq_stoks
+
+    from ichigo_lib.config import TinyVQArch
+    from ichigo_lib.speech import train_vq
+
+    arch = TinyVQArch(n_state=32, n_head=2, encoder_layers=1, codebook_dim=8)
+    path = train_vq.build_tiny_whispervq(arch, whispervq.CharCodec("ab")).save(tmp_path / "t.model")
+    with mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self):
+        theirs = vq_stoks.RQBottleneckTransformer.load_model(local_filename=str(path))
+    ours = whispervq.load_whispervq(path)
+    for key, value in ours.bottleneck.state_dict().items():
+        torch.testing.assert_close(theirs.state_dict()[key], value)

@@ -68,3 +68,48 @@ def kmeans_tokenizer(clips: Sequence[np.ndarray], k: int = 512, iters: int = 15,
         return torch.cdist(pooled_mel_frames(clip), means).argmin(1).numpy()
 
     return encode
+
+
+def timed_encode(model, clips: Sequence[np.ndarray], batch_size: int) -> tuple[list, float]:
+    """(codes, audio seconds encoded per wall second), log-mel included, after one warm-up."""
+    import time
+
+    model.encode(clips[:2], batch_size=batch_size)
+    start = time.perf_counter()
+    codes = model.encode(clips, batch_size=batch_size)
+    wall = time.perf_counter() - start
+    return codes, sum(len(c) for c in clips) / A.SAMPLE_RATE / wall
+
+
+def evaluate_quantizer(model, first, second, baseline_clips, batch_size: int = 16) -> dict:
+    """The tokenizer's metrics on held-out speech, each sentence in two voices.
+
+    ``first``/``second`` are aligned lists of ``Utterance`` (same text, other voice);
+    ``baseline_clips`` (training audio) fit the k-means baseline. Returns flat metrics plus
+    the codes and transcripts under ``"_codes"``/``"_transcripts"`` for display.
+    """
+    from ichigo_lib.evaluate.wer import wer, wer_by_group
+
+    utts = [*first, *second]
+    clips = [u.audio for u in utts]
+    codes, rtf = timed_encode(model, clips, batch_size)
+    hyps = model.transcribe(codes, [u.lang for u in utts])
+    refs = [u.text for u in utts]
+    n = len(first)
+    kmeans = kmeans_tokenizer(baseline_clips)
+    km_codes = [kmeans(c) for c in clips]
+    metrics = {
+        "codebook_usage": codebook_usage(codes, model.vq_codes),
+        "code_perplexity": code_perplexity(codes, model.vq_codes + 1),
+        "mask_code_emitted": int(sum(int((c == model.vq_codes).sum()) for c in codes)),
+        "tokens_per_second_audio": tokens_per_second(codes, clips),
+        "bottleneck_wer": wer(refs, hyps),
+        "encode_realtime_factor": rtf,
+        "voice_token_distance": pair_distance(codes[:n], codes[n:]),
+        "random_pair_token_distance": random_pair_distance(codes[:n], codes[n:]),
+        "kmeans_voice_token_distance": pair_distance(km_codes[:n], km_codes[n:]),
+        "heldout_clips": len(utts),
+        "heldout_audio_seconds": sum(len(c) for c in clips) / A.SAMPLE_RATE,
+    }
+    metrics |= {f"bottleneck_wer_{g}": v for g, v in wer_by_group(refs, hyps, [u.lang for u in utts]).items()}
+    return metrics | {"_codes": codes, "_transcripts": hyps}

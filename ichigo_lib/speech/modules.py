@@ -1,7 +1,7 @@
 """The WhisperVQ networks, with parameter names of the checkpoints they load.
 
-* :class:`AudioEncoder` and :class:`TextDecoder` follow openai-whisper's ``model.py`` names, so
-  a Whisper checkpoint's ``encoder.*`` / ``decoder.*`` tensors load unchanged.
+* :class:`AudioEncoder` follows openai-whisper's ``model.py`` names, so a Whisper checkpoint's
+  ``encoder.*`` tensors load unchanged.
 * :class:`Bottleneck` follows WhisperSpeech's ``RQBottleneckTransformer`` (``mlp``, ``rq.layers.0``
   from vector-quantize-pytorch, ``_out_blocks``, ``ln_post``), so a ``whisper-vq-stoks-*.model``
   state dict loads unchanged.
@@ -169,28 +169,6 @@ class AudioEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask=mask)
         return self.ln_post(x)
-
-
-class TextDecoder(nn.Module):
-    """Whisper's text decoder: causal self-attention plus cross-attention to audio features."""
-
-    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
-        super().__init__()
-        self.n_ctx = n_ctx
-        self.token_embedding = nn.Embedding(n_vocab, n_state)
-        self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
-        self.blocks = nn.ModuleList(
-            ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)
-        )
-        self.ln = LayerNorm(n_state)
-
-    def forward(self, tokens: Tensor, xa: Tensor, xa_mask: Tensor | None = None) -> Tensor:
-        """Logits (batch, time, vocab) for ``tokens`` given audio features ``xa``."""
-        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[-1]]
-        for block in self.blocks:
-            x = block(x, xa, xa_mask=xa_mask, causal=tokens.shape[-1] > 1)
-        x = self.ln(x)
-        return (x @ self.token_embedding.weight.T).float()
 
 
 def l2norm(x: Tensor) -> Tensor:

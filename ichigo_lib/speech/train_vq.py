@@ -2,9 +2,11 @@
 
 Upstream freezes a pretrained Whisper and trains only the bottleneck so that Whisper's decoder
 can still transcribe from the quantized codes. With no pretrained Whisper at tiny scale, the
-small encoder, bottleneck and character decoder are trained together on that same objective:
-transcription cross-entropy through the quantized bottleneck, plus an auxiliary CTC loss on the
-bottleneck output and the quantizer's commitment loss. The quantizer is switched on after
+small encoder and bottleneck are trained together, from scratch, on that objective: transcribe
+from the quantized bottleneck, here with a character CTC head (plus the quantizer's commitment
+loss). An autoregressive character decoder was tried first: in a CPU budget it learnt the
+sentence templates before the audio and its transcripts ignored the codes; CTC reads the codes
+frame by frame and cannot fall back on a prior. The quantizer is switched on after
 ``quantizer_start_step`` steps, its codebook initialised by k-means on the features it then
 sees, and updated by EMA with dead-code revival (as vector-quantize-pytorch does).
 """
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from ichigo_lib.config import TinyVQArch, VQTrainConfig
 from ichigo_lib.speech import audio as A
-from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
+from ichigo_lib.speech.modules import AudioEncoder, Bottleneck
 from ichigo_lib.speech.whispervq import CharCodec, WhisperVQ
 
 DOWNSAMPLE = 2  # 50 Hz encoder frames -> 25 Hz tokens, as WhisperVQ
@@ -39,11 +41,6 @@ def build_tiny_whispervq(arch: TinyVQArch, codec: CharCodec, seed: int = 0) -> W
         "n_audio_state": arch.n_state,
         "n_audio_head": arch.n_head,
         "n_audio_layer": arch.encoder_layers,
-        "n_vocab": codec.n_vocab,
-        "n_text_ctx": arch.n_text_ctx,
-        "n_text_state": arch.n_state,
-        "n_text_head": arch.n_head,
-        "n_text_layer": arch.decoder_layers,
     }
     config = {  # RQBottleneckTransformer's constructor arguments
         "vq_codes": arch.vq_codes,
@@ -71,19 +68,29 @@ def build_tiny_whispervq(arch: TinyVQArch, codec: CharCodec, seed: int = 0) -> W
         downsample=DOWNSAMPLE,
         codebook_decay=arch.codebook_decay,
     )
-    decoder = TextDecoder(
-        codec.n_vocab, arch.n_text_ctx, arch.n_state, arch.n_head, arch.decoder_layers
-    )
-    for module in (encoder, bottleneck, decoder):
+    ctc_head = nn.Linear(arch.n_state, codec.n_vocab)
+    for module in (encoder, bottleneck):
         module.apply(_init_weights)
-    nn.init.normal_(decoder.positional_embedding, std=0.01)
+    # The cosine codebook works on unit vectors (components ~ 1/sqrt(codebook_dim)); without
+    # this gain the signal after the bottleneck is ~10x too small and training stalls.
+    nn.init.orthogonal_(bottleneck.vq.project_in.weight)
+    nn.init.orthogonal_(bottleneck.vq.project_out.weight, gain=math.sqrt(arch.codebook_dim))
+    # The pre-quantizer MLP residual is kept at zero: trained from scratch it stalled learning
+    # (measured); with zeros it is the identity and the file still loads in WhisperSpeech.
+    nn.init.zeros_(bottleneck.mlp[2].weight)
+    nn.init.zeros_(bottleneck.mlp[2].bias)
+    for p in [*bottleneck.mlp.parameters(), *bottleneck.mlp_ln.parameters()]:
+        p.requires_grad_(False)
     spec = {"config": config, "tunables": tunables, "_dims": dims}
-    return WhisperVQ(encoder, bottleneck, decoder, "clip", spec, codec)
+    return WhisperVQ(encoder, bottleneck, ctc_head, "clip", spec, codec)
 
 
 def _init_weights(m: nn.Module) -> None:
     """GPT-style init: N(0, 0.02) weights, zero biases (keeps the tied logits small at start)."""
-    if isinstance(m, nn.Linear | nn.Embedding | nn.Conv1d):
+    if isinstance(m, nn.Conv1d):  # unit-scale features: Whisper adds unit-scale positions
+        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear | nn.Embedding):
         nn.init.normal_(m.weight, std=0.02)
         if getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
@@ -131,29 +138,31 @@ def _lr_lambda(cfg: VQTrainConfig):
 
 
 class _Batch:
-    """Padded tensors of one batch: log-mels, valid frames, decoder and CTC targets."""
+    """Padded log-mels, valid frames per clip, and the CTC targets of one batch."""
 
-    def __init__(self, mels: list[Tensor], texts: list[list[int]], langs: list[int], codec):
-        b = len(mels)
+    def __init__(self, mels: list[Tensor], texts: list[list[int]]):
         self.frames = torch.tensor([m.shape[-1] for m in mels])
-        self.mel = torch.zeros(b, A.N_MELS, int(self.frames.max()))
+        self.mel = torch.zeros(len(mels), A.N_MELS, int(self.frames.max()))
         for i, m in enumerate(mels):
             self.mel[i, :, : m.shape[-1]] = m
-        seq = [[codec.SOT, lang, *t, codec.EOT] for t, lang in zip(texts, langs, strict=True)]
-        width = max(map(len, seq)) - 1
-        self.inputs = torch.full((b, width), codec.EOT)
-        self.targets = torch.full((b, width), -100)
-        for i, s in enumerate(seq):
-            self.inputs[i, : len(s) - 1] = torch.tensor(s[:-1])
-            self.targets[i, 1 : len(s) - 1] = torch.tensor(s[2:])  # language is given, not learnt
-        self.ctc_targets = torch.tensor([c for t in texts for c in t])
-        self.ctc_lengths = torch.tensor([len(t) for t in texts])
+        self.targets = torch.tensor([c for t in texts for c in t])
+        self.target_lengths = torch.tensor([len(t) for t in texts])
 
 
-def _forward(model: WhisperVQ, ctc_head: nn.Linear, batch: _Batch, quantize: bool, cfg):
-    """Losses of one batch; quantizes (straight-through, EMA codebook) when ``quantize``."""
+def _ctc(head: nn.Linear, x: Tensor, lengths: Tensor, batch: _Batch) -> Tensor:
+    logp = F.log_softmax(head(x).float(), -1).transpose(0, 1)
+    return F.ctc_loss(logp, batch.targets, lengths, batch.target_lengths, zero_infinity=True)
+
+
+def _forward(model: WhisperVQ, aux: nn.Linear, batch: _Batch, quantize: bool, cfg):
+    """Loss of one batch; quantizes (straight-through, EMA codebook) when ``quantize``.
+
+    ``aux`` is a CTC head on the encoder output: it gets the encoder past CTC's initial
+    plateau quickly (through the bottleneck alone, escaping it took a seed-dependent while).
+    """
     bn = model.bottleneck
     embs = model.encoder(batch.mel, batch.frames)
+    aux_ctc = _ctc(aux, embs, (batch.frames + 1) // 2, batch)
     x = bn.pre_quant(embs)
     tokens = batch.frames // (2 * DOWNSAMPLE)
     valid = torch.arange(x.shape[1])[None, :] < tokens[:, None]
@@ -168,15 +177,9 @@ def _forward(model: WhisperVQ, ctc_head: nn.Linear, batch: _Batch, quantize: boo
         commit = F.mse_loss(x[valid], q[valid])
         book.ema_update(flat, codes[valid], bn.vq_codes)
         x = x + (q - x).detach()
-    xa = bn.dequantize(x, tokens)
-    logits = model.decoder(batch.inputs, xa, key_mask(tokens * DOWNSAMPLE, xa.shape[1]))
-    ce = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
-    logp = F.log_softmax(ctc_head(xa).float(), -1).transpose(0, 1)
-    ctc = F.ctc_loss(
-        logp, batch.ctc_targets, tokens * DOWNSAMPLE, batch.ctc_lengths, zero_infinity=True
-    )
-    loss = ce + cfg.ctc_weight * ctc + cfg.commitment_weight * commit
-    return loss, {"ce": ce.item(), "ctc": ctc.item(), "commit": commit.item()}
+    ctc = _ctc(model.ctc_head, bn.dequantize(x, tokens), tokens * DOWNSAMPLE, batch)
+    loss = ctc + cfg.aux_ctc_weight * aux_ctc + cfg.commitment_weight * commit
+    return loss, {"ctc": ctc.item(), "aux_ctc": aux_ctc.item(), "commit": commit.item()}
 
 
 def train_tiny_whispervq(
@@ -184,22 +187,15 @@ def train_tiny_whispervq(
 ) -> list[dict]:
     """Train in place; returns one record per step (losses, learning rate, codebook usage)."""
     codec = model.codec
-    too_long = [u for u in train if len(u.text) + 3 > model.decoder.n_ctx]
-    if too_long:
-        raise ValueError(
-            f"{len(too_long)} training texts exceed the decoder context of "
-            f"{model.decoder.n_ctx - 3} characters, e.g. {too_long[0].text!r}"
-        )
     over = [u for u in train if len(u.audio) > A.WINDOW_SAMPLES]
     if over:
         raise ValueError(f"{len(over)} training clips exceed 30 s, e.g. {over[0].text!r}")
     mels = [A.log_mel(u.audio) for u in train]
     texts = [codec.encode(u.text) for u in train]
-    langs = [codec.lang_id(u.lang) for u in train]
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    ctc_head = nn.Linear(model.bottleneck.ln_post.normalized_shape[0], codec.n_vocab)
-    params = [p for p in model.parameters() if p.requires_grad] + list(ctc_head.parameters())
+    aux = nn.Linear(model.encoder.ln_post.normalized_shape[0], codec.n_vocab)
+    params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     from tqdm.auto import tqdm
@@ -211,10 +207,8 @@ def train_tiny_whispervq(
         if not batches:
             batches = length_batches([u.seconds for u in train], cfg.batch_seconds, rng)
         idx = batches.pop()
-        batch = _Batch(
-            [mels[i] for i in idx], [texts[i] for i in idx], [langs[i] for i in idx], codec
-        )
-        loss, parts = _forward(model, ctc_head, batch, step >= cfg.quantizer_start_step, cfg)
+        batch = _Batch([mels[i] for i in idx], [texts[i] for i in idx])
+        loss, parts = _forward(model, aux, batch, step >= cfg.quantizer_start_step, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -226,6 +220,6 @@ def train_tiny_whispervq(
         history.append(
             record | {"codes_active": used, "audio_seconds": float(batch.frames.sum()) / 100}
         )
-        bar.set_postfix(loss=f"{record['loss']:.3f}", ce=f"{parts['ce']:.3f}", codes=used)
+        bar.set_postfix(ctc=f"{parts['ctc']:.3f}", codes=used)
     model.eval()
     return history

@@ -23,8 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ichigo_lib.speech import audio as A
-from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
-from ichigo_lib.world import LANGUAGES
+from ichigo_lib.speech.modules import AudioEncoder, Bottleneck
 
 # openai-whisper's download table (the sha256 of each file is in its URL).
 WHISPER_URLS = {
@@ -47,35 +46,30 @@ class CheckpointFormatError(ValueError):
 
 @dataclass(frozen=True)
 class CharCodec:
-    """Characters <-> ids for the tiny transcription decoder.
-
-    Ids: 0 pad/CTC blank, 1 start of transcript, 2 end, then one per language, then characters.
-    """
+    """Characters <-> ids for the tiny quantizer's CTC decoder; id 0 is the CTC blank."""
 
     alphabet: str
-    languages: tuple[str, ...] = LANGUAGES
 
-    PAD, SOT, EOT = 0, 1, 2
+    BLANK = 0
 
     @property
     def n_vocab(self) -> int:
-        return 3 + len(self.languages) + len(self.alphabet)
-
-    def lang_id(self, lang: str) -> int:
-        if lang not in self.languages:
-            raise KeyError(f"unknown language {lang!r}; the decoder knows {self.languages}")
-        return 3 + self.languages.index(lang)
+        return 1 + len(self.alphabet)
 
     def encode(self, text: str) -> list[int]:
-        base = 3 + len(self.languages)
         unknown = sorted(set(text) - set(self.alphabet))
         if unknown:
             raise ValueError(f"characters {unknown} of {text!r} are not in the decoder's alphabet")
-        return [base + self.alphabet.index(c) for c in text]
+        return [1 + self.alphabet.index(c) for c in text]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        base = 3 + len(self.languages)
-        return "".join(self.alphabet[i - base] for i in ids if base <= i < self.n_vocab)
+    def decode_ctc(self, ids: Sequence[int]) -> str:
+        """Greedy CTC: merge repeats, drop blanks."""
+        out, prev = [], self.BLANK
+        for i in ids:
+            if i != prev and i != self.BLANK:
+                out.append(self.alphabet[i - 1])
+            prev = i
+        return "".join(out)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> CharCodec:
@@ -146,13 +140,17 @@ def resolve_quantizer(ref: str | Path) -> Path:
 
 
 class WhisperVQ(nn.Module):
-    """Whisper encoder + quantized bottleneck (+ decoder): audio in, sound tokens out."""
+    """Whisper encoder + quantized bottleneck: audio in, sound tokens out.
+
+    Transcribing from the codes uses Whisper's decoder for real checkpoints and, for the tiny
+    quantizer, its CTC head (``ctc_head``) on the dequantized bottleneck.
+    """
 
     def __init__(
         self,
         encoder: AudioEncoder,
         bottleneck: Bottleneck,
-        decoder: TextDecoder | None,
+        ctc_head: nn.Linear | None,
         window: str,
         spec: dict,
         codec: CharCodec | None = None,
@@ -160,7 +158,7 @@ class WhisperVQ(nn.Module):
         super().__init__()
         if window not in ("window", "clip"):
             raise ValueError(f"window must be 'window' or 'clip', got {window!r}")
-        self.encoder, self.bottleneck, self.decoder = encoder, bottleneck, decoder
+        self.encoder, self.bottleneck, self.ctc_head = encoder, bottleneck, ctc_head
         self.window = window
         self.spec = spec  # config/tunables/ichigo metadata, for save()
         self.codec = codec
@@ -222,26 +220,18 @@ class WhisperVQ(nn.Module):
     # -- decoding back to text --------------------------------------------------------------
     @torch.inference_mode()
     def transcribe(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
-        """Greedy transcripts of code sequences, decoded from the quantized bottleneck alone."""
-        if self.decoder is None or self.codec is None:
+        """Transcripts decoded from the codes alone (through the dequantized bottleneck)."""
+        if self.ctc_head is None or self.codec is None:
             return self._whisper_transcribe(codes, langs)
         device = next(self.parameters()).device
         lengths = torch.tensor([len(c) for c in codes], device=device)
-        width = self.encoder.n_ctx // self.bottleneck.downsample
         batch = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long, device=device)
         for i, c in enumerate(codes):
-            batch[i, : len(c)] = torch.as_tensor(c[:width])
+            batch[i, : len(c)] = torch.as_tensor(np.asarray(c), device=device)
         xa = self.bottleneck.dequantize(self.bottleneck.code_vectors(batch), lengths)
-        xa_mask = key_mask(lengths * self.bottleneck.downsample, xa.shape[1])
-        codec = self.codec
-        tokens = torch.tensor([[codec.SOT, codec.lang_id(g)] for g in langs], device=device)
-        done = torch.zeros(len(codes), dtype=torch.bool, device=device)
-        while tokens.shape[1] < self.decoder.n_ctx and not bool(done.all()):
-            nxt = self.decoder(tokens, xa, xa_mask)[:, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, codec.EOT), nxt)
-            done |= nxt == codec.EOT
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        return [codec.decode(t[2:].tolist()) for t in tokens]
+        best = self.ctc_head(xa).argmax(-1)
+        keep = (lengths * self.bottleneck.downsample).tolist()
+        return [self.codec.decode_ctc(b[:k].tolist()) for b, k in zip(best, keep, strict=True)]
 
     def _whisper_transcribe(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
         """Real checkpoints: decode with openai-whisper's decoder, as WhisperSpeech does."""
@@ -282,14 +272,12 @@ class WhisperVQ(nn.Module):
         spec["state_dict"] = self.bottleneck.state_dict()
         if self.window == "clip":
             whisper_sd = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-            if self.decoder is not None:
-                whisper_sd |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
             spec["ichigo"] = {
                 "format_version": 1,
                 "window": "clip",
                 "whisper": {"dims": self.spec["_dims"], "model_state_dict": whisper_sd},
-                "alphabet": self.codec.alphabet if self.codec else None,
-                "languages": list(self.codec.languages) if self.codec else None,
+                "ctc_head": self.ctc_head.state_dict(),
+                "alphabet": self.codec.alphabet,
             }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(spec, tmp)
@@ -342,20 +330,14 @@ def _load_bottleneck_state(bottleneck: Bottleneck, state: dict, source: str) -> 
         )
 
 
-def _whisper_parts(ckpt: dict, with_decoder: bool) -> tuple[AudioEncoder, TextDecoder | None]:
+def _whisper_encoder(ckpt: dict) -> AudioEncoder:
     d = ckpt["dims"]
-    sd = ckpt["model_state_dict"]
     encoder = AudioEncoder(
         d["n_mels"], d["n_audio_ctx"], d["n_audio_state"], d["n_audio_head"], d["n_audio_layer"]
     )
+    sd = ckpt["model_state_dict"]
     encoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("encoder.")})
-    if not with_decoder:
-        return encoder, None
-    decoder = TextDecoder(
-        d["n_vocab"], d["n_text_ctx"], d["n_text_state"], d["n_text_head"], d["n_text_layer"]
-    )
-    decoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("decoder.")})
-    return encoder, decoder
+    return encoder
 
 
 def load_whispervq(
@@ -383,10 +365,11 @@ def load_whispervq(
     ichigo = spec.get("ichigo")
     if ichigo is not None:
         ckpt = ichigo["whisper"]
-        encoder, decoder = _whisper_parts(ckpt, with_decoder=True)
-        codec = CharCodec(ichigo["alphabet"], tuple(ichigo["languages"]))
+        codec = CharCodec(ichigo["alphabet"])
+        head = nn.Linear(ckpt["dims"]["n_audio_state"], codec.n_vocab)
+        head.load_state_dict(ichigo["ctc_head"])
         meta |= {"_dims": ckpt["dims"]}
-        model = WhisperVQ(encoder, bottleneck, decoder, ichigo["window"], meta, codec)
+        model = WhisperVQ(_whisper_encoder(ckpt), bottleneck, head, ichigo["window"], meta, codec)
     else:
         ckpt = whisper_checkpoint(
             str(whisper or spec["config"]["whisper_model_name"]), whisper_root
@@ -397,7 +380,6 @@ def load_whispervq(
                 f"{path}: bottleneck width {width} does not match the Whisper encoder's "
                 f"{ckpt['dims']['n_audio_state']} (wrong Whisper model for this quantizer?)"
             )
-        encoder, _ = _whisper_parts(ckpt, with_decoder=False)
         meta |= {"_whisper_ckpt": ckpt}
-        model = WhisperVQ(encoder, bottleneck, None, "window", meta)
+        model = WhisperVQ(_whisper_encoder(ckpt), bottleneck, None, "window", meta)
     return model.to(device).eval()
