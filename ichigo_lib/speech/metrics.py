@@ -111,5 +111,8 @@ def evaluate_quantizer(model, first, second, baseline_clips, batch_size: int = 1
         "heldout_clips": len(utts),
         "heldout_audio_seconds": sum(len(c) for c in clips) / A.SAMPLE_RATE,
     }
-    metrics |= {f"bottleneck_wer_{g}": v for g, v in wer_by_group(refs, hyps, [u.lang for u in utts]).items()}
+    metrics |= {
+        f"bottleneck_wer_{g}": v
+        for g, v in wer_by_group(refs, hyps, [u.lang for u in utts]).items()
+    }
     return metrics | {"_codes": codes, "_transcripts": hyps}
