@@ -45,3 +45,13 @@ def test_ci_runs_exactly_the_test_command_written_in_readme():
     assert commands == ["make test"]
     assert re.search(r"^make test\s*$", readme, re.M), "README must show `make test` as a command"
     assert re.search(r"^make book\s*$", readme, re.M), "README must show `make book` as a command"
+
+
+def test_no_deps_requirements_are_pinned_installed_and_installed_by_make_setup():
+    lines = (ROOT / "requirements-whisper.txt").read_text().splitlines()
+    pins = [line for line in lines if line and not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.]+", p) for p in pins)
+    for pin in pins:
+        name, version = pin.split("==")
+        assert metadata.version(name) == version, name
+    assert "install -q --no-deps -r requirements-whisper.txt" in (ROOT / "Makefile").read_text()
