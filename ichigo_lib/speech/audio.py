@@ -114,9 +114,18 @@ def log_mel(samples: np.ndarray | torch.Tensor, device: str = "cpu") -> torch.Te
     return (spec + 4.0) / 4.0
 
 
-def num_frames(num_samples: int) -> int:
-    """Mel frames (100 per second) Whisper keeps for ``num_samples`` samples."""
-    return num_samples // HOP_LENGTH
+def pad_mels(
+    mels: list[torch.Tensor], width: int | None = None, value: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch (n, 80, width), valid frames per clip) of log-mels padded with ``value``;
+    ``width`` defaults to the longest clip."""
+    device = mels[0].device
+    frames = torch.tensor([m.shape[-1] for m in mels], device=device)
+    width = width or int(frames.max())
+    batch = torch.full((len(mels), mels[0].shape[0], width), value, device=device)
+    for i, m in enumerate(mels):
+        batch[i, :, : m.shape[-1]] = m
+    return batch, frames
 
 
 SAMPLES_PER_TOKEN = 4 * HOP_LENGTH  # 25 tokens per second

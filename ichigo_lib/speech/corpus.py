@@ -65,9 +65,9 @@ def speak_heldout(
     texts: Sequence[SpeechText], num_workers: int
 ) -> tuple[list[Utterance], list[Utterance]]:
     """Each held-out text in both :func:`heldout_voices`: (first-voice, second-voice clips)."""
-    first = _speak([(t, heldout_voices(t.lang)[0]) for t in texts], num_workers)
-    second = _speak([(t, heldout_voices(t.lang)[1]) for t in texts], num_workers)
-    return first, second
+    jobs = [(t, heldout_voices(t.lang)[k]) for k in (0, 1) for t in texts]
+    both = _speak(jobs, num_workers)
+    return both[: len(texts)], both[len(texts) :]
 
 
 def _speak(jobs: list[tuple[SpeechText, Voice]], num_workers: int) -> list[Utterance]:

@@ -187,9 +187,10 @@ class CosineCodebook(nn.Module):
         self.register_buffer("embed_avg", torch.zeros(1, size, dim))
         self.register_buffer("embed", torch.zeros(1, size, dim))
 
-    def nearest(self, x: Tensor) -> Tensor:
-        """Index of the most cosine-similar code for each l2-normalised row of ``x``."""
-        return (x @ self.embed[0].T).argmax(dim=-1)
+    def nearest(self, x: Tensor, num_codes: int | None = None) -> Tensor:
+        """Index of the most cosine-similar code (of the first ``num_codes``, default all) for
+        each l2-normalised row of ``x``."""
+        return (x @ self.embed[0, :num_codes].T).argmax(dim=-1)
 
     @torch.no_grad()
     def init_from(self, x: Tensor, num_codes: int, iters: int = 10) -> None:

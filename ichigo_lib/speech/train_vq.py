@@ -141,10 +141,7 @@ class _Batch:
     """Padded log-mels, valid frames per clip, and the CTC targets of one batch."""
 
     def __init__(self, mels: list[Tensor], texts: list[list[int]]):
-        self.frames = torch.tensor([m.shape[-1] for m in mels])
-        self.mel = torch.zeros(len(mels), A.N_MELS, int(self.frames.max()))
-        for i, m in enumerate(mels):
-            self.mel[i, :, : m.shape[-1]] = m
+        self.mel, self.frames = A.pad_mels(mels)
         self.targets = torch.tensor([c for t in texts for c in t])
         self.target_lengths = torch.tensor([len(t) for t in texts])
 
@@ -172,7 +169,7 @@ def _forward(model: WhisperVQ, aux: nn.Linear, batch: _Batch, quantize: bool, cf
         flat = x[valid].detach()
         if not bool(book.initted):
             book.init_from(flat, bn.vq_codes)
-        codes = (x.detach() @ book.embed[0, : bn.vq_codes].T).argmax(-1)
+        codes = book.nearest(x.detach(), bn.vq_codes)
         q = book.embed[0, codes]
         commit = F.mse_loss(x[valid], q[valid])
         book.ema_update(flat, codes[valid], bn.vq_codes)

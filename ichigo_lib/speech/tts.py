@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ichigo_lib.speech.audio import SAMPLE_RATE, AudioError, prepare_audio
+from ichigo_lib.speech.audio import AudioError, prepare_audio
 
 # espeak-ng language voices for the 8 MLS languages (accents count as extra voices).
 ESPEAK_VOICES = {
@@ -104,8 +104,3 @@ def synthesize_many(
         raise ValueError(f"{len(texts)} texts but {len(voices)} voices")
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
         return list(pool.map(synthesize, texts, voices))
-
-
-def seconds(clips: Sequence[np.ndarray]) -> float:
-    """Total duration of 16 kHz clips in seconds."""
-    return sum(len(c) for c in clips) / SAMPLE_RATE

@@ -179,15 +179,12 @@ class WhisperVQ(nn.Module):
     @torch.inference_mode()
     def encode_mels(self, mels: Sequence[Tensor]) -> list[Tensor]:
         """Codes of log-mels (each (80, frames), at most 30 s), one batch, one code per 40 ms."""
-        device = next(self.parameters()).device
-        frames = torch.tensor([m.shape[-1] for m in mels], device=device)
-        if int(frames.max()) > 2 * self.encoder.n_ctx:
+        if max(m.shape[-1] for m in mels) > 2 * self.encoder.n_ctx:
             raise ValueError(f"a log-mel exceeds {2 * self.encoder.n_ctx} frames; use encode()")
-        width = 2 * self.encoder.n_ctx if self.window == "window" else int(frames.max())
-        pad = A.MEL_PAD_VALUE if self.window == "window" else 0.0
-        batch = torch.full((len(mels), mels[0].shape[0], width), pad, device=device)
-        for i, m in enumerate(mels):
-            batch[i, :, : m.shape[-1]] = m
+        if self.window == "window":
+            batch, frames = A.pad_mels(mels, 2 * self.encoder.n_ctx, A.MEL_PAD_VALUE)
+        else:
+            batch, frames = A.pad_mels(mels)
         embs = self.encoder(batch, None if self.window == "window" else frames)
         codes = self.bottleneck.quantize(embs)
         keep = frames // (2 * self.bottleneck.downsample)
