@@ -159,6 +159,37 @@ class SpeechConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The synthetic-data pipeline (notebook 02) and the datasets of the three phases."""
+
+    backend: Literal["espeak", "whisperspeech"] = "espeak"
+    path: Literal["audio", "t2s"] = "audio"  # t2s: WhisperSpeech's T2S emits tokens directly
+    t2s_model: str | None = None  # WhisperSpeech refs ("repo:file"); None: its defaults
+    s2a_model: str | None = None
+    agreement_rows: int = 0  # texts spoken through both paths to score T2S against audio
+    num_workers: int = 2
+    device: str = "cpu"
+    rows_per_shard: int = 250
+    flush_every: int = 50
+    retries: int = 3
+    phase1_voices: int = 2  # voices per training sentence (sound-only pretraining)
+    phase2_rows: int = 6000
+    mix: tuple[float, float, float] = (0.7, 0.2, 0.1)  # speech instruction, transcription, text
+    phase3_dialogues: int | None = None  # None: every dialogue of the world
+    eval_questions: int = 200  # held-out spoken questions
+    eval_sentences_per_language: int = 25  # held-out sentences to transcribe
+    max_seq_len: int = 512  # rows longer than this (LLM tokens) are counted as over-long
+    speeds: tuple[int, int] = (130, 190)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.path == "t2s" and self.backend != "whisperspeech":
+            raise ConfigError("data.path 't2s' needs data.backend 'whisperspeech'")
+        if len(self.mix) != 3 or abs(sum(self.mix) - 1) > 1e-6 or min(self.mix) < 0:
+            raise ConfigError(f"data.mix must be 3 non-negative fractions summing to 1: {self.mix}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole resolved profile."""
 
@@ -167,6 +198,7 @@ class Config:
     world: WorldConfig
     base_model: BaseModelConfig
     speech: SpeechConfig
+    data: DataConfig
     eval: EvalConfig
     num_threads: int | None = None
     extends: str | None = field(default=None, compare=False)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from itertools import zip_longest
 from pathlib import Path
 
+from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
+
 LANGUAGES = ("en", "nl", "fr", "de", "it", "pl", "pt", "es")
 ATTRIBUTES = ("capital", "flag", "animal", "rivers")
 MAX_COUNTRIES = 1000
@@ -633,6 +635,7 @@ class World:
         texts += [t for m in self.mc for t in (m.question, *m.choices)]
         texts += [s.text for s in self.sentences]
         texts += [m["content"] for chat in self.text_conversations() for m in chat]
+        texts += list(TRANSCRIPTION_PROMPTS)  # the phase-2 transcription rows' instructions
         return sorted({w for t in texts for w in words(t)})
 
     def save(self, directory: str | Path) -> dict[str, str]:

@@ -76,8 +76,8 @@ def espeak_binary() -> str:
     return exe
 
 
-def synthesize(text: str, voice: Voice) -> np.ndarray:
-    """Speak ``text`` with ``voice``: float32 mono 16 kHz samples."""
+def espeak_raw(text: str, voice: Voice) -> tuple[np.ndarray, int]:
+    """espeak-ng's own output for ``text``: (float32 samples, sample rate, 22.05 kHz)."""
     if not text.strip():
         raise TTSError(f"empty text for voice {voice}")
     cmd = [espeak_binary(), "-v", voice.espeak, "-s", str(voice.speed), "-p", str(voice.pitch)]
@@ -90,10 +90,20 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
     import soundfile
 
     samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32")
+    return samples, rate
+
+
+def to_16k(samples: np.ndarray, rate: int, text: str, voice: Voice) -> np.ndarray:
+    """Validated 16 kHz mono samples of a synthesized clip (errors name text and voice)."""
     try:
         return prepare_audio(samples, rate, name=f"espeak-ng {voice} {text!r}")
     except AudioError as err:
         raise TTSError(str(err)) from err
+
+
+def synthesize(text: str, voice: Voice) -> np.ndarray:
+    """Speak ``text`` with ``voice``: float32 mono 16 kHz samples."""
+    return to_16k(*espeak_raw(text, voice), text, voice)
 
 
 def synthesize_many(

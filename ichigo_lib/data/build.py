@@ -1,0 +1,162 @@
+"""Notebook 02's work in one call: plan, speak through the pipeline, build and save the datasets.
+
+Layout under ``out_dir``::
+
+    speech/utterances/   pipeline output {index, tokens} (shards, failure/rejection logs)
+    speech/dialogues/    pipeline output {index, conversations}
+    datasets/<name>/     HF datasets (Arrow) of every phase and held-out set
+    cards.json           one dataset card per dataset (see ``phases.dataset_card``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ichigo_lib.config import DataConfig, SpeechConfig
+from ichigo_lib.data import phases
+from ichigo_lib.data.pipeline import PipelineReport, merge_shards, run_pipeline
+from ichigo_lib.data.synth import SynthSpec
+from ichigo_lib.world import World
+
+SYNTH = "ichigo_lib.data.synth"
+
+
+@dataclass
+class PhaseData:
+    """What :func:`build_phase_data` made: datasets on disk, cards, pipeline reports."""
+
+    plan: phases.SpeechPlan
+    rows: dict[str, list[dict[str, Any]]]
+    paths: dict[str, Path]
+    cards: dict[str, dict[str, Any]]
+    reports: dict[str, PipelineReport]
+    audio_seconds: float
+    pipeline_seconds: float
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        return self.audio_seconds / max(self.pipeline_seconds, 1e-9)
+
+
+def synth_spec(data: DataConfig, speech: SpeechConfig, quantizer: str | Path) -> SynthSpec:
+    """The worker spec of a profile (quantizer from notebook 01's manifest)."""
+    return SynthSpec(
+        quantizer=str(quantizer),
+        backend=data.backend,
+        path=data.path,
+        device=data.device,
+        whisper=speech.whisper,
+        whisper_root=speech.whisper_root,
+        t2s_model=data.t2s_model,
+        s2a_model=data.s2a_model,
+    )
+
+
+def _fingerprint(spec: SynthSpec, quantizer: Path, data: DataConfig) -> str:
+    """Changes when anything that alters the pipeline's output changes (resume guard)."""
+    digest = hashlib.sha256(quantizer.read_bytes()).hexdigest()[:16]
+    return json.dumps(
+        {"spec": asdict(spec), "quantizer": digest, "seed": data.seed}, sort_keys=True
+    )
+
+
+def build_phase_data(
+    world: World,
+    data: DataConfig,
+    speech: SpeechConfig,
+    quantizer: str | Path,
+    out_dir: str | Path,
+    count_tokens,
+    progress: bool = True,
+) -> PhaseData:
+    """Speak the plan through the sharded pipeline (resuming any earlier run in ``out_dir``),
+    then write the phase datasets and their cards. ``count_tokens(row)`` -> LLM tokens of a
+    row (for the over-long counts and length histograms)."""
+    import datasets
+
+    out_dir = Path(out_dir)
+    plan = phases.speech_plan(world, data)
+    spec = synth_spec(data, speech, quantizer)
+    common = {
+        "num_workers": data.num_workers,
+        "rows_per_shard": data.rows_per_shard,
+        "init": f"{SYNTH}:init_worker",
+        "init_kwargs": asdict(spec),
+        "validate": f"{SYNTH}:check_row_text",
+        "retries": data.retries,
+        "flush_every": data.flush_every,
+        "fingerprint": _fingerprint(spec, Path(quantizer), data),
+        "progress": progress,
+    }
+    start = time.perf_counter()
+    reports = {
+        "utterances": run_pipeline(
+            plan.utterances,
+            f"{SYNTH}:speak_row",
+            out_dir / "speech" / "utterances",
+            text_key="text",
+            **common,
+        ),
+        "dialogues": run_pipeline(
+            plan.dialogues,
+            f"{SYNTH}:speak_conversation",
+            out_dir / "speech" / "dialogues",
+            text_key=None,
+            **common,
+        ),
+    }
+    seconds = time.perf_counter() - start
+    spoken_rows = merge_shards(out_dir / "speech" / "utterances")
+    spoken = dict(zip(spoken_rows["index"], spoken_rows["tokens"], strict=True))
+    dialogue_rows = merge_shards(out_dir / "speech" / "dialogues")
+    spoken_dialogues = dict(
+        zip(dialogue_rows["index"], dialogue_rows["conversations"], strict=True)
+    )
+    audio_tokens = sum(map(len, spoken.values())) + sum(
+        _audio_tokens(chat) for chat in spoken_dialogues.values()
+    )
+    rows = phases.build_phase_datasets(plan, spoken, spoken_dialogues, data)
+    failed = _failed_by_dataset(plan, spoken, spoken_dialogues)
+    paths, cards = {}, {}
+    for name, dataset_rows in rows.items():
+        paths[name] = out_dir / "datasets" / name
+        datasets.Dataset.from_list(dataset_rows).save_to_disk(str(paths[name]))
+        lengths = [count_tokens(r) for r in dataset_rows]
+        cards[name] = phases.dataset_card(
+            name, dataset_rows, lengths, data.max_seq_len, failed.get(name, 0)
+        )
+    (out_dir / "cards.json").write_text(json.dumps(cards, indent=1))
+    processed = sum(r.rows_processed for r in reports.values())
+    audio_seconds = audio_tokens / 25
+    if processed == 0:  # everything was reused from an earlier run: no fresh rate to report
+        seconds = float("nan")
+    return PhaseData(plan, rows, paths, cards, reports, audio_seconds, seconds)
+
+
+def _audio_tokens(chat: list[dict[str, str]]) -> int:
+    from ichigo_lib import tokens as T
+
+    return sum(
+        len(T.string_to_codes(m["content"])) for m in chat if m["content"].startswith(T.SOUND_START)
+    )
+
+
+def _failed_by_dataset(plan, spoken, spoken_dialogues) -> dict[str, int]:
+    target = {
+        "phase1": "phase1",
+        "instruction": "phase2",
+        "transcription": "phase2",
+        "eval_instruction": "eval_speech_qa",
+        "eval_transcription": "eval_transcription",
+    }
+    failed: dict[str, int] = {}
+    for u in plan.utterances:
+        if u["index"] not in spoken:
+            failed[target[u["use"]]] = failed.get(target[u["use"]], 0) + 1
+    failed["phase3"] = sum(d["index"] not in spoken_dialogues for d in plan.dialogues)
+    return failed

@@ -1,0 +1,243 @@
+"""The datasets of the three training phases and the held-out evaluation sets.
+
+Two steps, with the speech pipeline in between:
+
+1. :func:`speech_plan` lists what must be spoken: single utterances (``{index, text, lang, voice,
+   use}``) for phase 1, the phase-2 speech instructions and transcriptions and the held-out sets,
+   and whole conversations (``{index, conversations, lang, voice}``) for phase 3. Held-out texts
+   never occur in a training row (the world's held-out sentences and question phrasings).
+2. :func:`build_phase_datasets` joins the pipeline's ``{index, tokens}`` / ``{index,
+   conversations}`` outputs back to the plan and writes the chat rows of ``recipe-facts.md``:
+
+   * ``phase1``: ``{text, lang}``, ``text`` an audio turn, trained as ``[BOS, sound_start,
+     codes.., sound_end, EOS]`` (no transcript);
+   * ``phase2``: ``{conversations, kind}``, ``kind`` ``speech_instruction`` (spoken question ->
+     text answer), ``transcription`` (one of the eight prompts + audio -> transcript) or ``text``
+     (text-only chat), mixed by :attr:`DataConfig.mix`; no transcription token;
+   * ``phase3``: ``{conversations, turns}``, multi-turn speech chats (the world's dialogues: 90 %
+     two user turns, 10 % four or more);
+   * ``eval_speech_qa`` / ``eval_transcription``: held-out spoken questions / sentences.
+
+Rows whose speech failed in the pipeline are left out and counted; :func:`dataset_card` counts
+rows over ``max_seq_len`` (never truncated here) and summarises lengths and mix fractions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ichigo_lib import tokens as T
+from ichigo_lib.config import DataConfig
+from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
+from ichigo_lib.data.synth import voice_dict
+from ichigo_lib.speech import tts
+from ichigo_lib.speech.corpus import heldout_voices
+from ichigo_lib.world import World
+
+KINDS = ("speech_instruction", "transcription", "text")
+USES = ("phase1", "instruction", "transcription", "eval_instruction", "eval_transcription")
+
+
+@dataclass(frozen=True)
+class SpeechPlan:
+    """What the pipeline must speak: single utterances and whole conversations."""
+
+    utterances: list[dict[str, Any]]
+    dialogues: list[dict[str, Any]]
+    text_chats: list[list[dict[str, str]]]  # the phase-2 text-only rows
+
+    def heldout_texts(self) -> set[str]:
+        return {u["text"] for u in self.utterances if u["use"].startswith("eval_")}
+
+
+def mix_counts(total: int, mix: Sequence[float]) -> dict[str, int]:
+    """Rows per phase-2 kind: ``total`` split by ``mix`` (rounded, the remainder to text)."""
+    if len(mix) != len(KINDS) or abs(sum(mix) - 1) > 1e-6 or min(mix) < 0:
+        raise ValueError(f"mix must be {len(KINDS)} non-negative fractions summing to 1, got {mix}")
+    si, tr = round(total * mix[0]), round(total * mix[1])
+    return {"speech_instruction": si, "transcription": tr, "text": total - si - tr}
+
+
+def _cycle(items: Sequence, count: int, rng: random.Random) -> list:
+    """``count`` items: whole shuffled passes over ``items`` (each used evenly), then a part."""
+    if not items:
+        raise ValueError(f"no items to draw {count} rows from")
+    out: list = []
+    while len(out) < count:
+        out += rng.sample(list(items), len(items))
+    return out[:count]
+
+
+def speech_plan(world: World, cfg: DataConfig) -> SpeechPlan:
+    """The utterances and conversations to speak for every phase and held-out set."""
+    rng = random.Random(f"speech-plan/{cfg.seed}")
+    utterances: list[dict[str, Any]] = []
+
+    def add(text: str, lang: str, voice: tts.Voice, use: str, **extra: Any) -> None:
+        row = {"index": len(utterances), "text": text, "lang": lang, "voice": voice_dict(voice)}
+        utterances.append(row | {"use": use, "answer": extra.get("answer", "")})
+
+    def voice(lang: str) -> tts.Voice:
+        return tts.random_voice(lang, rng, cfg.speeds)
+
+    # held-out first: evaluation sets are spoken in the two fixed held-out voices
+    held_qa = [q for q in world.qa if q.split == "heldout"][: cfg.eval_questions]
+    for i, q in enumerate(held_qa):
+        add(q.question, "en", heldout_voices("en")[i % 2], "eval_instruction", answer=q.answer)
+    per_lang: Counter[str] = Counter()
+    for s in world.sentences:
+        if s.split == "heldout" and per_lang[s.lang] < cfg.eval_sentences_per_language:
+            per_lang[s.lang] += 1
+            add(s.text, s.lang, heldout_voices(s.lang)[per_lang[s.lang] % 2], "eval_transcription")
+    heldout = {u["text"] for u in utterances}
+    heldout |= {s.text for s in world.sentences if s.split == "heldout"}
+    heldout |= {q.question for q in world.qa if q.split == "heldout"}
+
+    sentences = [s for s in world.sentences if s.split == "train" and s.text not in heldout]
+    for s in sentences:
+        for _ in range(cfg.phase1_voices):
+            add(s.text, s.lang, voice(s.lang), "phase1")
+    counts = mix_counts(cfg.phase2_rows, cfg.mix)
+    questions = [q for q in world.qa if q.split == "train" and q.question not in heldout]
+    for q in _cycle(questions, counts["speech_instruction"], rng):
+        add(q.question, "en", voice("en"), "instruction", answer=q.answer)
+    for s in _cycle(sentences, counts["transcription"], rng):
+        add(s.text, s.lang, voice(s.lang), "transcription")
+    text_chats = [
+        chat
+        for chat in world.text_conversations("train")
+        if not any(m["content"] in heldout for m in chat)
+    ]
+    text_chats = _cycle(text_chats, counts["text"], rng) if counts["text"] else []
+    dialogues = [
+        {
+            "index": i,
+            "conversations": [dict(m) for m in d.messages],
+            "lang": "en",
+            "voice": voice_dict(voice("en")),
+        }
+        for i, d in enumerate(world.dialogues[: cfg.phase3_dialogues])
+        if d.messages[0]["content"] not in heldout
+    ]
+    return SpeechPlan(utterances, dialogues, text_chats)
+
+
+def _user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
+def _assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
+def build_phase_datasets(
+    plan: SpeechPlan,
+    spoken: Mapping[int, Sequence[int]],
+    spoken_dialogues: Mapping[int, list[dict[str, str]]],
+    cfg: DataConfig,
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows of every phase and held-out set (see the module docstring), in a seeded order.
+
+    ``spoken`` maps utterance index -> codes and ``spoken_dialogues`` dialogue index -> spoken
+    conversation (the pipeline outputs); rows missing from them failed and are left out.
+    """
+    rng = random.Random(f"phase-rows/{cfg.seed}")
+    out: dict[str, list[dict[str, Any]]] = {
+        "phase1": [],
+        "phase2": [],
+        "phase3": [],
+        "eval_speech_qa": [],
+        "eval_transcription": [],
+    }
+    for u in plan.utterances:
+        codes = spoken.get(u["index"])
+        if codes is None:
+            continue
+        turn = T.audio_turn(codes)
+        use = u["use"]
+        if use == "phase1":
+            out["phase1"].append({"text": turn, "lang": u["lang"]})
+        elif use == "instruction":
+            chat = [_user(turn), _assistant(u["answer"])]
+            out["phase2"].append({"conversations": chat, "kind": "speech_instruction"})
+        elif use == "transcription":
+            prompt = rng.choice(TRANSCRIPTION_PROMPTS)
+            chat = [_user(f"{prompt}\n{turn}"), _assistant(u["text"])]
+            out["phase2"].append({"conversations": chat, "kind": "transcription"})
+        elif use == "eval_instruction":
+            chat = [_user(turn), _assistant(u["answer"])]
+            out["eval_speech_qa"].append({"conversations": chat, "question": u["text"]})
+        elif use == "eval_transcription":
+            chat = [_user(f"{TRANSCRIPTION_PROMPTS[0]}\n{turn}"), _assistant(u["text"])]
+            out["eval_transcription"].append({"conversations": chat, "lang": u["lang"]})
+        else:
+            raise ValueError(f"utterance {u['index']} has unknown use {use!r}; expected {USES}")
+    out["phase2"] += [{"conversations": chat, "kind": "text"} for chat in plan.text_chats]
+    for d in plan.dialogues:
+        chat = spoken_dialogues.get(d["index"])
+        if chat is not None:
+            turns = sum(m["role"] == "user" for m in chat)
+            out["phase3"].append({"conversations": chat, "turns": turns})
+    for name in ("phase1", "phase2", "phase3"):
+        rng.shuffle(out[name])
+    return out
+
+
+def row_text(row: Mapping[str, Any]) -> str:
+    """All of a row's text (for length counts and disjointness checks)."""
+    if "text" in row:
+        return row["text"]
+    return "\n".join(m["content"] for m in row["conversations"])
+
+
+def token_counter(tokenizer) -> Callable[[Mapping[str, Any]], int]:
+    """``count(row)`` -> LLM tokens of a row as trained: ``[BOS] text [EOS]`` for phase-1 rows,
+    the chat template for conversations (``tokenizer`` is a transformers tokenizer)."""
+
+    def count(row: Mapping[str, Any]) -> int:
+        if "text" in row:
+            return len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) + 2
+        text = tokenizer.apply_chat_template(row["conversations"], tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count
+
+
+def dataset_card(
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    lengths: Sequence[int],
+    max_seq_len: int,
+    failed: int = 0,
+) -> dict[str, Any]:
+    """Counts, length summary (LLM tokens), over-long rows and mix fractions of one dataset."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    card: dict[str, Any] = {
+        "name": name,
+        "rows": len(rows),
+        "failed_rows_left_out": failed,
+        "max_seq_len": max_seq_len,
+        "over_long_rows": int((lengths > max_seq_len).sum()) if len(lengths) else 0,
+    }
+    if len(lengths):
+        card |= {
+            "tokens_total": int(lengths.sum()),
+            "tokens_mean": float(lengths.mean()),
+            "tokens_p50": float(np.percentile(lengths, 50)),
+            "tokens_p95": float(np.percentile(lengths, 95)),
+            "tokens_max": int(lengths.max()),
+        }
+    for key in ("kind", "turns", "lang"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            if key == "turns":
+                values = ["2" if v <= 2 else "4+" if v >= 4 else "3" for v in values]
+            counts = Counter(values)
+            card[f"{key}_fractions"] = {str(k): counts[k] / len(values) for k in sorted(counts)}
+    return card

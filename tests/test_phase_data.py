@@ -1,0 +1,261 @@
+"""Phase datasets: plan, mix ratios, chat format, held-out disjointness, cards; the speech
+workers (espeak-ng -> tiny WhisperVQ, WhisperSpeech adapters) and the whole build with resume."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from ichigo_lib import tokens as T
+from ichigo_lib.config import ConfigError, DataConfig, TinyVQArch, load_config
+from ichigo_lib.data import build, phases, synth
+from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
+from ichigo_lib.speech import train_vq, whispervq
+from ichigo_lib.wordtok import build_word_tokenizer
+from ichigo_lib.world import WorldConfig, build_world
+
+CFG = DataConfig(phase2_rows=1000, eval_questions=40, eval_sentences_per_language=3)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig(num_countries=40, num_dialogues=200, sentences_per_language=40))
+
+
+@pytest.fixture(scope="module")
+def plan(world):
+    return phases.speech_plan(world, CFG)
+
+
+def _fake_codes(plan):
+    rng = np.random.default_rng(0)
+    return {u["index"]: rng.integers(0, 512, 10 + len(u["text"]) // 2) for u in plan.utterances}
+
+
+def _fake_dialogues(plan):
+    out = {}
+    for d in plan.dialogues:
+        out[d["index"]] = [
+            {
+                "role": m["role"],
+                "content": T.audio_turn([1, 2, 3]) if m["role"] == "user" else m["content"],
+            }
+            for m in d["conversations"]
+        ]
+    return out
+
+
+def _tokenizer(world):
+    tok = build_word_tokenizer(world.vocabulary())
+    T.extend_hf_tokenizer(tok)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def rows(plan):
+    return phases.build_phase_datasets(plan, _fake_codes(plan), _fake_dialogues(plan), CFG)
+
+
+def test_mix_counts_split_exactly_and_refuse_bad_mixes():
+    assert phases.mix_counts(1000, (0.7, 0.2, 0.1)) == {
+        "speech_instruction": 700,
+        "transcription": 200,
+        "text": 100,
+    }
+    assert sum(phases.mix_counts(333, (0.7, 0.2, 0.1)).values()) == 333
+    with pytest.raises(ValueError, match="summing to 1"):
+        phases.mix_counts(10, (0.5, 0.2, 0.1))
+
+
+def test_data_config_is_validated():
+    with pytest.raises(ConfigError, match="t2s"):
+        DataConfig(path="t2s")
+    with pytest.raises(ConfigError, match="mix"):
+        DataConfig(mix=(0.7, 0.2, 0.2))
+    with pytest.raises(ConfigError, match="data.mixx"):
+        load_config("smoke", {"data.mixx": [1, 0, 0]})
+    for profile in ("smoke", "tiny", "full"):
+        assert sum(load_config(profile).data.mix) == pytest.approx(1)
+
+
+def test_phase2_mix_and_phase3_turn_split(rows):
+    kinds = [r["kind"] for r in rows["phase2"]]
+    assert len(kinds) == 1000
+    for kind, share in zip(phases.KINDS, (0.7, 0.2, 0.1), strict=True):
+        assert kinds.count(kind) / len(kinds) == pytest.approx(share, abs=0.01)
+    turns = [r["turns"] for r in rows["phase3"]]
+    assert sum(t == 2 for t in turns) / len(turns) == pytest.approx(0.9, abs=0.02)
+    assert all(t == 2 or t >= 4 for t in turns)
+
+
+def test_rows_follow_the_chat_format(rows):
+    for row in rows["phase1"]:
+        assert row["text"].startswith(T.SOUND_START) and row["text"].endswith(T.SOUND_END)
+        assert len(T.string_to_codes(row["text"])) > 0
+    for row in rows["phase2"] + rows["phase3"] + rows["eval_speech_qa"]:
+        chat = row["conversations"]
+        assert [m["role"] for m in chat] == ["user", "assistant"] * (len(chat) // 2)
+        assert all(m["content"].strip() for m in chat)
+    by_kind = {k: [r for r in rows["phase2"] if r["kind"] == k] for k in phases.KINDS}
+    for row in by_kind["speech_instruction"]:
+        T.string_to_codes(row["conversations"][0]["content"])  # the whole user turn is audio
+    for row in by_kind["transcription"]:
+        prompt, turn = row["conversations"][0]["content"].split("\n")
+        assert prompt in TRANSCRIPTION_PROMPTS
+        T.string_to_codes(turn)
+    prompts = {r["conversations"][0]["content"].split("\n")[0] for r in by_kind["transcription"]}
+    assert prompts == set(TRANSCRIPTION_PROMPTS)
+    for row in by_kind["text"]:
+        assert T.SOUND_START not in phases.row_text(row)
+    for row in rows["phase3"]:
+        for m in row["conversations"]:
+            assert (T.SOUND_START in m["content"]) == (m["role"] == "user")
+
+
+def test_heldout_sets_share_no_sentence_with_training(world, plan, rows):
+    heldout = {q.question for q in world.qa if q.split == "heldout"}
+    heldout |= {s.text for s in world.sentences if s.split == "heldout"}
+    assert plan.heldout_texts() <= heldout
+    assert len(rows["eval_speech_qa"]) == 40 and len(rows["eval_transcription"]) == 24
+    for u in plan.utterances:
+        if not u["use"].startswith("eval_"):
+            assert u["text"] not in heldout, u
+    for chat in plan.text_chats + [d["conversations"] for d in plan.dialogues]:
+        assert not any(m["content"] in heldout for m in chat)
+    for row in rows["phase2"]:
+        if row["kind"] == "transcription":
+            assert row["conversations"][1]["content"] not in heldout
+
+
+def test_failed_rows_are_left_out(plan):
+    codes = _fake_codes(plan)
+    lost = [u["index"] for u in plan.utterances if u["use"] == "phase1"][:5]
+    for i in lost:
+        del codes[i]
+    dialogues = _fake_dialogues(plan)
+    del dialogues[plan.dialogues[0]["index"]]
+    out = phases.build_phase_datasets(plan, codes, dialogues, CFG)
+    phase1 = sum(u["use"] == "phase1" for u in plan.utterances)
+    assert len(out["phase1"]) == phase1 - 5
+    assert len(out["phase3"]) == len(plan.dialogues) - 1
+
+
+def test_cards_count_over_long_rows_and_fractions(world, rows):
+    count = phases.token_counter(_tokenizer(world))
+    row = rows["phase1"][0]
+    assert count(row) == len(T.string_to_codes(row["text"])) + 4  # BOS start .. end EOS
+    lengths = [count(r) for r in rows["phase2"]]
+    card = phases.dataset_card("phase2", rows["phase2"], lengths, 20, failed=3)
+    assert card["over_long_rows"] == sum(n > 20 for n in lengths) > 0
+    assert card["failed_rows_left_out"] == 3
+    assert card["kind_fractions"]["speech_instruction"] == pytest.approx(0.7, abs=0.01)
+    assert card["tokens_max"] == max(lengths)
+
+
+# -- speech workers ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quantizer(tmp_path_factory):
+    arch = TinyVQArch(n_state=32, n_head=2, encoder_layers=1, codebook_dim=8)
+    vq = train_vq.build_tiny_whispervq(arch, whispervq.CharCodec("abc"), seed=0)
+    return str(vq.save(tmp_path_factory.mktemp("vq") / "vq.model"))
+
+
+def test_bad_texts_are_rejected_with_a_reason():
+    assert synth.check_row_text({"text": "  "}) == "empty text"
+    assert "over-long" in synth.check_row_text({"text": "a" * 2000})
+    chat = {
+        "conversations": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]
+    }
+    assert synth.check_row_text(chat) == "empty text"
+    assert synth.check_row_text({"text": "Hello there."}) is None
+
+
+def test_synth_spec_is_validated(quantizer):
+    with pytest.raises(ValueError, match="backend"):
+        synth.SynthSpec(quantizer, backend="festival")
+    with pytest.raises(ValueError, match="t2s"):
+        synth.SynthSpec(quantizer, path="t2s")
+
+
+def test_espeak_worker_speaks_rows_and_conversations(quantizer, plan):
+    state = synth.init_worker(quantizer=quantizer)
+    row = next(u for u in plan.utterances if u["lang"] == "de")
+    out = synth.speak_row(row, state)
+    seconds = state.times.audio_seconds
+    assert len(out["tokens"]) == pytest.approx(25 * seconds, abs=1)
+    assert state.times.tts > 0 and state.times.resample > 0 and state.times.encode > 0
+    dialogue = plan.dialogues[0]
+    chat = synth.speak_conversation(dialogue, state)["conversations"]
+    for before, after in zip(dialogue["conversations"], chat, strict=True):
+        if before["role"] == "user":
+            assert len(T.string_to_codes(after["content"])) > 10
+        else:
+            assert after == before
+
+
+def test_whisperspeech_paths_resample_24k_and_take_t2s_tokens(quantizer, monkeypatch):
+    calls = []
+
+    class FakeT2S:
+        def generate(self, text, cps, lang, show_progress_bar):
+            calls.append(("t2s", text, lang, cps))
+            return torch.arange(30)[None] % 512
+
+    class FakePipeline:
+        def __init__(self, **kwargs):
+            calls.append(("init", kwargs))
+            self.t2s = FakeT2S()
+
+        def generate(self, text, lang, cps):
+            calls.append(("tts", text, lang))
+            t = torch.arange(24_000 * 2) / 24_000
+            return (0.3 * torch.sin(2 * np.pi * 220 * t) * (1 + torch.sin(3 * t)))[None]
+
+    module = types.ModuleType("whisperspeech.pipeline")
+    module.Pipeline = FakePipeline
+    monkeypatch.setitem(sys.modules, "whisperspeech.pipeline", module)
+    audio = synth.init_worker(quantizer=quantizer, backend="whisperspeech", t2s_model="r:t2s.model")
+    codes = audio.tokens("Hallo", "de")
+    assert len(codes) == 50  # 2 s at 24 kHz -> 16 kHz -> 25 tokens/s
+    assert calls[0] == ("init", {"device": "cpu", "t2s_ref": "r:t2s.model"})
+    direct = synth.init_worker(quantizer=quantizer, backend="whisperspeech", path="t2s")
+    assert direct.vq is None  # the T2S path never loads Whisper
+    assert direct.tokens("Hallo", "de").tolist() == list(range(30))
+    assert calls[-1] == ("t2s", "Hallo", "de", 15.0)
+    score = synth.agreement([codes.tolist()], [list(range(30))])
+    assert 0 <= score["agreement"] <= 1 and score["length_ratio"] == pytest.approx(30 / 50)
+
+
+def test_agreement_is_one_for_identical_tokens():
+    assert synth.agreement([[1, 2, 3]], [[1, 2, 3]])["agreement"] == 1.0
+    with pytest.raises(ValueError, match="1 audio-path and 2"):
+        synth.agreement([[1]], [[1], [2]])
+
+
+def test_build_writes_every_dataset_and_a_rerun_reuses_the_speech(world, quantizer, tmp_path):
+    small = build_world(WorldConfig(num_countries=8, num_dialogues=10, sentences_per_language=4))
+    cfg = load_config("smoke").data
+    cfg = DataConfig(**{**cfg.__dict__, "num_workers": 0, "phase2_rows": 20, "eval_questions": 2})
+    speech = load_config("smoke").speech
+    count = phases.token_counter(_tokenizer(small))
+    first = build.build_phase_data(small, cfg, speech, quantizer, tmp_path, count, progress=False)
+    assert set(first.cards) == {
+        "phase1",
+        "phase2",
+        "phase3",
+        "eval_speech_qa",
+        "eval_transcription",
+    }
+    assert first.cards["phase2"]["rows"] == 20
+    assert first.audio_seconds_per_second > 0
+    import datasets
+
+    on_disk = datasets.load_from_disk(str(first.paths["phase3"]))
+    assert on_disk.num_rows == len(first.rows["phase3"]) == 10
+    again = build.build_phase_data(small, cfg, speech, quantizer, tmp_path, count, progress=False)
+    assert all(r.rows_processed == 0 for r in again.reports.values())
+    assert again.rows == first.rows
