@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 KERNEL  := $(VENV)/share/jupyter/kernels/python3/kernel.json
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system book test lint format clean
+.PHONY: setup system book test bench lint format clean
 
 setup: system $(STAMP) $(KERNEL)
 
@@ -35,6 +35,11 @@ book: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Throughput figures and ratios (never asserted in tests): the speech pipeline per stage and
+# with 1 vs N workers.
+bench: setup
+	$(VENV)/bin/ichigo bench data --profile $(PROFILE)
 
 lint:
 	$(VENV)/bin/ruff format --check .

@@ -1,4 +1,4 @@
-"""``ichigo`` command line: run notebooks under a profile, build the book."""
+"""``ichigo`` command line: run notebooks under a profile, build the book, benchmark."""
 
 from __future__ import annotations
 
@@ -40,8 +40,22 @@ def main(argv: list[str] | None = None) -> int:
             help="config override, e.g. --set base_model.train.num_steps=50",
         )
         p.add_argument("--force", action="store_true", help="re-execute even if unchanged")
+    bench = sub.add_parser("bench", help="measure throughput and print figures and ratios")
+    bench.add_argument("what", choices=["data"], help="data: the text -> speech -> tokens pipeline")
+    bench.add_argument("--profile", default="tiny")
+    bench.add_argument("--rows", type=int, default=200, help="rows to push through (default 200)")
+    bench.add_argument("--workers", type=int, nargs="*", help="worker counts (default 1 and N)")
+    bench.add_argument("--quantizer", help="WhisperVQ file (default: random, profile's arch)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     overrides = _overrides(args.set)
+    if args.command == "bench":
+        from ichigo_lib.config import load_config
+        from ichigo_lib.data.bench import bench_data
+
+        cfg = load_config(args.profile, overrides)
+        print(bench_data(cfg, args.quantizer, args.rows, args.workers))
+        return 0
     if args.command == "run":
         runner.run_all(args.profile, args.run_dir, args.notebooks or None, overrides, args.force)
     else:

@@ -93,3 +93,56 @@ def vq_training(history: list[dict], quantizer_start: int, path: str | Path | No
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def pipeline_diagram(stages: list[tuple[str, str]], title: str, path: str | Path | None = None):
+    """Boxes left to right joined by arrows; ``stages`` are (name, detail) pairs."""
+    fig, ax = plt.subplots(figsize=(1.9 * len(stages), 1.5))
+    for i, (name, detail) in enumerate(stages):
+        ax.text(
+            i * 2 + 0.8,
+            0.5,
+            f"{name}\n{detail}",
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            bbox={"boxstyle": "round,pad=0.4", "fc": "#eef3fb", "ec": "#4a6fa5"},
+        )
+        if i:
+            ax.annotate(
+                "", (i * 2 + 0.05, 0.5), (i * 2 - 0.45, 0.5), arrowprops={"arrowstyle": "->"}
+            )
+    ax.set(xlim=(-0.3, 2 * len(stages) - 0.4), ylim=(0, 1), title=title)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def length_histograms(
+    lengths: dict[str, list[int]], max_seq_len: int, path: str | Path | None = None
+):
+    """One histogram of row lengths (LLM tokens) per dataset, with the max_seq_len line."""
+    fig, axes = plt.subplots(1, len(lengths), figsize=(3.2 * len(lengths), 2.8), squeeze=False)
+    for ax, (name, values) in zip(axes[0], lengths.items(), strict=True):
+        ax.hist(values, bins=30, color="#4a6fa5")
+        ax.axvline(max_seq_len, color="#c0392b", ls="--", lw=1, label=f"max_seq_len {max_seq_len}")
+        ax.set(title=name, xlabel="tokens per row")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("rows")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def mix_pies(mixes: dict[str, dict[str, float]], path: str | Path | None = None):
+    """A pie per mix (e.g. phase-2 kinds, phase-3 turn counts)."""
+    fig, axes = plt.subplots(1, len(mixes), figsize=(3.4 * len(mixes), 3.2), squeeze=False)
+    for ax, (title, fractions) in zip(axes[0], mixes.items(), strict=True):
+        ax.pie(
+            list(fractions.values()),
+            labels=list(fractions),
+            autopct="%.1f%%",
+            startangle=90,
+            textprops={"fontsize": 8},
+        )
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)

@@ -138,6 +138,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
     @property
@@ -196,6 +197,10 @@ class Run:
                 raise TypeError(f"metric '{key}' must be a scalar, got {type(value).__name__}")
             self.metrics[key] = value
 
+    def add_record(self, key: str, value: Any) -> None:
+        """Add a structured (JSON-serialisable) record, e.g. dataset cards."""
+        self.records[key] = json.loads(json.dumps(value))
+
     def finish(self) -> Path:
         """Write ``manifest.json`` atomically and return its path."""
         manifest = {
@@ -211,6 +216,7 @@ class Run:
             "artifacts": self.artifacts,
             "timings": self.timings,
             "metrics": self.metrics,
+            "records": self.records,
             "versions": package_versions(),
             "git": git_revision(repo_root()),
             "host": {"platform": platform.platform(), "cpus": os.cpu_count()},

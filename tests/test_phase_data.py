@@ -259,3 +259,14 @@ def test_build_writes_every_dataset_and_a_rerun_reuses_the_speech(world, quantiz
     again = build.build_phase_data(small, cfg, speech, quantizer, tmp_path, count, progress=False)
     assert all(r.rows_processed == 0 for r in again.reports.values())
     assert again.rows == first.rows
+
+
+def test_bench_prints_stage_and_worker_tables():
+    from ichigo_lib.data import bench
+
+    text = bench.bench_data(load_config("smoke"), None, rows=6, workers=[0])
+    assert "WhisperVQ encode" in text and "speedup" in text
+    lines = text.splitlines()
+    header = lines.index("whole pipeline (worker start-up included):") + 1
+    assert lines[header].split() == ["workers", "seconds", "rows_per_s", "audio_s_per_s", "speedup"]
+    assert float(lines[header + 1].split()[-1]) == 1.0

@@ -34,6 +34,7 @@ class PhaseData:
     rows: dict[str, list[dict[str, Any]]]
     paths: dict[str, Path]
     cards: dict[str, dict[str, Any]]
+    lengths: dict[str, list[int]]
     reports: dict[str, PipelineReport]
     audio_seconds: float
     pipeline_seconds: float
@@ -122,11 +123,11 @@ def build_phase_data(
     )
     rows = phases.build_phase_datasets(plan, spoken, spoken_dialogues, data)
     failed = _failed_by_dataset(plan, spoken, spoken_dialogues)
-    paths, cards = {}, {}
+    paths, cards, all_lengths = {}, {}, {}
     for name, dataset_rows in rows.items():
         paths[name] = out_dir / "datasets" / name
         datasets.Dataset.from_list(dataset_rows).save_to_disk(str(paths[name]))
-        lengths = [count_tokens(r) for r in dataset_rows]
+        lengths = all_lengths[name] = [count_tokens(r) for r in dataset_rows]
         cards[name] = phases.dataset_card(
             name, dataset_rows, lengths, data.max_seq_len, failed.get(name, 0)
         )
@@ -135,7 +136,7 @@ def build_phase_data(
     audio_seconds = audio_tokens / 25
     if processed == 0:  # everything was reused from an earlier run: no fresh rate to report
         seconds = float("nan")
-    return PhaseData(plan, rows, paths, cards, reports, audio_seconds, seconds)
+    return PhaseData(plan, rows, paths, cards, all_lengths, reports, audio_seconds, seconds)
 
 
 def _audio_tokens(chat: list[dict[str, str]]) -> int:

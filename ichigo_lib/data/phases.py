@@ -18,6 +18,9 @@ Two steps, with the speech pipeline in between:
      two user turns, 10 % four or more);
    * ``eval_speech_qa`` / ``eval_transcription``: held-out spoken questions / sentences.
 
+   Every row keeps ``source``: the plan index of the utterance (or dialogue) it was spoken from,
+   -1 for text-only rows.
+
 Rows whose speech failed in the pipeline are left out and counted; :func:`dataset_card` counts
 rows over ``max_seq_len`` (never truncated here) and summarises lengths and mix fractions.
 """
@@ -160,30 +163,30 @@ def build_phase_datasets(
         if codes is None:
             continue
         turn = T.audio_turn(codes)
-        use = u["use"]
+        use, src = u["use"], {"source": u["index"]}
         if use == "phase1":
-            out["phase1"].append({"text": turn, "lang": u["lang"]})
+            out["phase1"].append({"text": turn, "lang": u["lang"], "source": u["index"]})
         elif use == "instruction":
             chat = [_user(turn), _assistant(u["answer"])]
-            out["phase2"].append({"conversations": chat, "kind": "speech_instruction"})
+            out["phase2"].append({"conversations": chat, "kind": "speech_instruction", **src})
         elif use == "transcription":
             prompt = rng.choice(TRANSCRIPTION_PROMPTS)
             chat = [_user(f"{prompt}\n{turn}"), _assistant(u["text"])]
-            out["phase2"].append({"conversations": chat, "kind": "transcription"})
+            out["phase2"].append({"conversations": chat, "kind": "transcription", **src})
         elif use == "eval_instruction":
             chat = [_user(turn), _assistant(u["answer"])]
-            out["eval_speech_qa"].append({"conversations": chat, "question": u["text"]})
+            out["eval_speech_qa"].append({"conversations": chat, "question": u["text"], **src})
         elif use == "eval_transcription":
             chat = [_user(f"{TRANSCRIPTION_PROMPTS[0]}\n{turn}"), _assistant(u["text"])]
-            out["eval_transcription"].append({"conversations": chat, "lang": u["lang"]})
+            out["eval_transcription"].append({"conversations": chat, "lang": u["lang"], **src})
         else:
             raise ValueError(f"utterance {u['index']} has unknown use {use!r}; expected {USES}")
-    out["phase2"] += [{"conversations": chat, "kind": "text"} for chat in plan.text_chats]
+    out["phase2"] += [{"conversations": c, "kind": "text", "source": -1} for c in plan.text_chats]
     for d in plan.dialogues:
         chat = spoken_dialogues.get(d["index"])
         if chat is not None:
             turns = sum(m["role"] == "user" for m in chat)
-            out["phase3"].append({"conversations": chat, "turns": turns})
+            out["phase3"].append({"conversations": chat, "turns": turns, "source": d["index"]})
     for name in ("phase1", "phase2", "phase3"):
         rng.shuffle(out[name])
     return out
