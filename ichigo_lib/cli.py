@@ -47,8 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--workers", type=int, nargs="*", help="worker counts (default 1 and N)")
     bench.add_argument("--quantizer", help="WhisperVQ file (default: random, profile's arch)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    data = sub.add_parser(
+        "data",
+        help="speak notebook 02's plan into its run directory: all of it, a --shard-range, or "
+        "under torchrun this rank's shards (then run notebook 02 to merge)",
+    )
+    data.add_argument("--profile", default="tiny")
+    data.add_argument("--run-dir", default="runs")
+    data.add_argument("--shard-range", help='shard ids "start:stop" for this job, e.g. 0:16')
+    data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     overrides = _overrides(args.set)
+    if args.command == "data":
+        from ichigo_lib.data.build import speak_shards
+
+        reports = speak_shards(args.profile, args.run_dir, overrides, args.shard_range)
+        for name, report in reports.items():
+            print(
+                f"{name}: {report.rows_out} rows out, {report.rows_failed} failed, "
+                f"{report.shards_done} shards done ({report.shards_reused} reused)"
+            )
+        return 0
     if args.command == "bench":
         from ichigo_lib.config import load_config
         from ichigo_lib.data.bench import bench_data

@@ -236,13 +236,21 @@ def test_agreement_is_one_for_identical_tokens():
         synth.agreement([[1]], [[1], [2]])
 
 
-def test_build_writes_every_dataset_and_a_rerun_reuses_the_speech(world, quantizer, tmp_path):
+def test_build_merges_a_shard_job_writes_every_dataset_and_reruns_reuse_the_speech(
+    world, quantizer, tmp_path
+):
     small = build_world(WorldConfig(num_countries=8, num_dialogues=10, sentences_per_language=4))
     cfg = load_config("smoke").data
     cfg = DataConfig(**{**cfg.__dict__, "num_workers": 0, "phase2_rows": 20, "eval_questions": 2})
     speech = load_config("smoke").speech
     count = phases.token_counter(_tokenizer(small))
+    plan = phases.speech_plan(small, cfg)
+    job = build.speak_plan(
+        plan, cfg, speech, quantizer, tmp_path, shard_range="0:1", progress=False
+    )
+    assert job["utterances"].shards_done == 1 < len(plan.utterances) // cfg.rows_per_shard
     first = build.build_phase_data(small, cfg, speech, quantizer, tmp_path, count, progress=False)
+    assert first.reports["utterances"].shards_reused == 1  # the other job's shard is merged in
     assert set(first.cards) == {
         "phase1",
         "phase2",

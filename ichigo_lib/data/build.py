@@ -66,22 +66,22 @@ def _fingerprint(spec: SynthSpec, quantizer: Path, data: DataConfig) -> str:
     )
 
 
-def build_phase_data(
-    world: World,
+def speak_plan(
+    plan: phases.SpeechPlan,
     data: DataConfig,
     speech: SpeechConfig,
     quantizer: str | Path,
     out_dir: str | Path,
-    count_tokens,
+    shard_range: str | None = None,
     progress: bool = True,
-) -> PhaseData:
-    """Speak the plan through the sharded pipeline (resuming any earlier run in ``out_dir``),
-    then write the phase datasets and their cards. ``count_tokens(row)`` -> LLM tokens of a
-    row (for the over-long counts and length histograms)."""
-    import datasets
+) -> dict[str, PipelineReport]:
+    """Run the pipeline over the plan's utterances and conversations (resuming ``out_dir``).
 
+    With ``shard_range`` (``"0:8"``) only those shards run; under ``torchrun`` each rank takes
+    its shards of the plan round-robin. Independent jobs on several machines write into one
+    shared ``out_dir`` and :func:`build_phase_data` then merges them by shard.
+    """
     out_dir = Path(out_dir)
-    plan = phases.speech_plan(world, data)
     spec = synth_spec(data, speech, quantizer)
     common = {
         "num_workers": data.num_workers,
@@ -92,10 +92,10 @@ def build_phase_data(
         "retries": data.retries,
         "flush_every": data.flush_every,
         "fingerprint": _fingerprint(spec, Path(quantizer), data),
+        "shard_range": shard_range,
         "progress": progress,
     }
-    start = time.perf_counter()
-    reports = {
+    return {
         "utterances": run_pipeline(
             plan.utterances,
             f"{SYNTH}:speak_row",
@@ -111,6 +111,26 @@ def build_phase_data(
             **common,
         ),
     }
+
+
+def build_phase_data(
+    world: World,
+    data: DataConfig,
+    speech: SpeechConfig,
+    quantizer: str | Path,
+    out_dir: str | Path,
+    count_tokens,
+    progress: bool = True,
+) -> PhaseData:
+    """Speak the plan through the sharded pipeline (reusing every shard already finished in
+    ``out_dir``, by this or other jobs), then write the phase datasets and their cards.
+    ``count_tokens(row)`` -> LLM tokens of a row (for over-long counts and length histograms)."""
+    import datasets
+
+    out_dir = Path(out_dir)
+    plan = phases.speech_plan(world, data)
+    start = time.perf_counter()
+    reports = speak_plan(plan, data, speech, quantizer, out_dir, progress=progress)
     seconds = time.perf_counter() - start
     spoken_rows = merge_shards(out_dir / "speech" / "utterances")
     spoken = dict(zip(spoken_rows["index"], spoken_rows["tokens"], strict=True))
@@ -161,3 +181,25 @@ def _failed_by_dataset(plan, spoken, spoken_dialogues) -> dict[str, int]:
             failed[target[u["use"]]] = failed.get(target[u["use"]], 0) + 1
     failed["phase3"] = sum(d["index"] not in spoken_dialogues for d in plan.dialogues)
     return failed
+
+
+def speak_shards(
+    profile: str,
+    run_dir: str | Path = "runs",
+    overrides: dict | None = None,
+    shard_range: str | None = None,
+) -> dict[str, PipelineReport]:
+    """``ichigo data``: speak notebook 02's plan (or ``shard_range`` of it, or this torchrun
+    rank's shards) into notebook 02's run directory, from the manifests of notebooks 00/01."""
+    from ichigo_lib.config import load_config
+    from ichigo_lib.runs import MANIFEST, read_manifest, repo_root
+
+    cfg = load_config(profile, overrides)
+    root = Path(run_dir) if Path(run_dir).is_absolute() else repo_root() / run_dir
+    base = read_manifest(root / cfg.profile / "00_base_model" / MANIFEST)
+    tokenizer_run = read_manifest(root / cfg.profile / "01_tokenizer" / MANIFEST)
+    world = World.load(base.artifact("world"))
+    plan = phases.speech_plan(world, cfg.data)
+    out_dir = root / cfg.profile / "02_synthetic_data"
+    quantizer = tokenizer_run.artifact("quantizer")
+    return speak_plan(plan, cfg.data, cfg.speech, quantizer, out_dir, shard_range)
