@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def train_base_model(
         "checkpointer.checkpoint_dir": str(init_dir),
         **train_overrides(train),
     }
+    # a fresh run: stale epoch_* files of an earlier config must not mix into this checkpoint
+    shutil.rmtree(out_dir / "torchtune", ignore_errors=True)
     run = tune_run(
         "full_finetune_single_device",
         compose_config("base_text", values),

@@ -108,15 +108,12 @@ def fetch_hf_checkpoint(
     return Path(path)
 
 
-def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
-    """Load an HF Llama checkpoint into a torchtune model through ``FullModelHFCheckpointer``.
-
-    This is the path the training recipes take; the architecture comes from ``config.json``
-    (Llama-3.1's scaled RoPE when ``rope_scaling`` asks for it).
-    """
+def torchtune_llama_from_config(ckpt_dir: str | Path) -> torch.nn.Module:
+    """An untrained torchtune Llama with the architecture of ``ckpt_dir/config.json`` (its
+    vocabulary included, e.g. Llama-3.1-s's 128,771 tokens); Llama-3.1's scaled RoPE when
+    ``rope_scaling`` asks for it. The training configs name this as their model component."""
     from torchtune.models.llama3 import llama3
     from torchtune.models.llama3_1 import llama3_1
-    from torchtune.training import FullModelHFCheckpointer
 
     ckpt_dir = Path(ckpt_dir)
     config = validate_hf_checkpoint(ckpt_dir)
@@ -143,11 +140,19 @@ def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
                 f"{ckpt_dir}/config.json: llama3 RoPE scaling {rope} differs from Llama-3.1's "
                 f"{fixed}, the only one torchtune's llama3_1 builder implements"
             )
-        model = llama3_1(**kwargs, scale_factor=int(rope.get("factor", 8)))
-    elif rope.get("rope_type", "default") == "default":
-        model = llama3(**kwargs)
-    else:
-        raise CheckpointError(f"{ckpt_dir}/config.json: unsupported RoPE scaling {rope}")
+        return llama3_1(**kwargs, scale_factor=int(rope.get("factor", 8)))
+    if rope.get("rope_type", "default") == "default":
+        return llama3(**kwargs)
+    raise CheckpointError(f"{ckpt_dir}/config.json: unsupported RoPE scaling {rope}")
+
+
+def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
+    """Load an HF Llama checkpoint into a torchtune model through ``FullModelHFCheckpointer``
+    (the path the training recipes take)."""
+    from torchtune.training import FullModelHFCheckpointer
+
+    ckpt_dir = Path(ckpt_dir)
+    model = torchtune_llama_from_config(ckpt_dir)
     with tempfile.TemporaryDirectory() as scratch:  # the checkpointer insists on an output dir
         checkpointer = FullModelHFCheckpointer(
             checkpoint_dir=str(ckpt_dir),

@@ -190,6 +190,27 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class PhaseConfig:
+    """One training phase: its torchtune run, recipe and checkpoint period."""
+
+    train: TrainConfig
+    # full_finetune_single_device, or full_finetune_distributed (FSDP2, train.nproc_per_node)
+    recipe: str = "full_finetune_single_device"
+    checkpoint_every: int | None = None  # optimizer steps per checkpoint; None: only at the end
+
+    def __post_init__(self):
+        every = self.checkpoint_every
+        if every is not None and (every < 1 or self.train.num_steps % every):
+            raise ConfigError(
+                f"checkpoint_every ({every}) must divide train.num_steps ({self.train.num_steps})"
+            )
+
+    @property
+    def num_checkpoints(self) -> int:
+        return self.train.num_steps // (self.checkpoint_every or self.train.num_steps)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole resolved profile."""
 
@@ -199,6 +220,8 @@ class Config:
     base_model: BaseModelConfig
     speech: SpeechConfig
     data: DataConfig
+    phase1: PhaseConfig
+    phase2: PhaseConfig
     eval: EvalConfig
     num_threads: int | None = None
     extends: str | None = field(default=None, compare=False)

@@ -42,6 +42,61 @@ def tiny_llama(
     )
 
 
+def _pass_row(index: int, rows: int, orders: dict[int, np.ndarray]) -> int:
+    """Row of flat ``index`` when a corpus of ``rows`` is repeated, each pass in its own seeded
+    order (the first in file order)."""
+    epoch, offset = divmod(index, rows)
+    if epoch not in orders:
+        orders[epoch] = np.random.default_rng(epoch).permutation(rows)
+    return int(orders[epoch][offset]) if epoch else offset
+
+
+class SoundCompletionDataset(torch.utils.data.Dataset):
+    """Phase-1 rows ``{"text": "<|sound_start|>...<|sound_end|>"}`` from JSON lines, repeated.
+
+    Each row becomes ``[BOS, sound_start, codes.., sound_end, EOS]`` with loss on every token
+    (no transcript, no chat template), tokenized once. A row longer than the tokenizer's
+    ``max_seq_len`` is an error naming it: rows are counted and filtered when the data is made,
+    never cut here.
+    """
+
+    def __init__(self, tokenizer, data_files: str, repeat: int = 1, column: str = "text"):
+        from datasets import load_dataset
+
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        texts = load_dataset("json", data_files=data_files, split="train")[column]
+        self._tokens = [tokenizer.encode(t, add_bos=True, add_eos=True) for t in texts]
+        limit = tokenizer.max_seq_len
+        for i, toks in enumerate(self._tokens):
+            if limit is not None and len(toks) > limit:
+                raise ValueError(f"{data_files}: row {i} has {len(toks)} tokens > {limit}")
+        self._repeat = repeat
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens) * self._repeat
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        toks = self._tokens[_pass_row(index, len(self._tokens), self._orders)]
+        return {"tokens": list(toks), "labels": list(toks)}
+
+
+def sound_completion_dataset(tokenizer, data_files: str, repeat: int = 1, packed: bool = False):
+    """torchtune ``_component_``: :class:`SoundCompletionDataset`, optionally packed."""
+    return _maybe_packed(SoundCompletionDataset(tokenizer, data_files, repeat), tokenizer, packed)
+
+
+def _maybe_packed(ds, tokenizer, packed: bool, split_across_pack: bool = False):
+    if not packed:
+        return ds
+    if tokenizer.max_seq_len is None:
+        raise ValueError("packed=True needs tokenizer.max_seq_len to be set")
+    return PackedDataset(ds, max_seq_len=tokenizer.max_seq_len, split_across_pack=split_across_pack)
+
+
 class ChatDataset(SFTDataset):
     """Chat rows ``{"conversations": [{role, content}, ...]}`` from JSON lines, repeated.
 
@@ -75,10 +130,7 @@ class ChatDataset(SFTDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        epoch, offset = divmod(index, self._rows)
-        if epoch not in self._orders:
-            self._orders[epoch] = np.random.default_rng(epoch).permutation(self._rows)
-        row = int(self._orders[epoch][offset]) if epoch else offset
+        row = _pass_row(index, self._rows, self._orders)
         if row not in self._cache:
             try:
                 self._cache[row] = super().__getitem__(row)
@@ -98,10 +150,29 @@ def chat_dataset(
 ):
     """torchtune ``_component_``: :class:`ChatDataset`, optionally packed to ``max_seq_len``."""
     ds = ChatDataset(tokenizer, data_files, train_on_input=train_on_input, repeat=repeat)
-    if packed:
-        if tokenizer.max_seq_len is None:
-            raise ValueError("packed=True needs tokenizer.max_seq_len to be set")
-        return PackedDataset(
-            ds, max_seq_len=tokenizer.max_seq_len, split_across_pack=split_across_pack
-        )
-    return ds
+    return _maybe_packed(ds, tokenizer, packed, split_across_pack)
+
+
+def llama_from_checkpoint(checkpoint_dir: str) -> TransformerDecoder:
+    """torchtune ``_component_``: the Llama of ``checkpoint_dir/config.json`` (any size: the
+    tiny model or Llama-3.1-s with its 128,771-token vocabulary); the checkpointer loads the
+    weights. Flushes denormal floats, as :func:`tiny_llama`."""
+    from ichigo_lib.checkpoints import torchtune_llama_from_config
+
+    torch.set_flush_denormal(True)
+    return torchtune_llama_from_config(checkpoint_dir)
+
+
+def checkpoint_tokenizer(checkpoint_dir: str, max_seq_len: int | None = None):
+    """torchtune ``_component_``: the tokenizer saved with a checkpoint: Llama-3.1's tiktoken
+    file (``original/tokenizer.model``) with the sound layout, else the word-level
+    ``tokenizer.json`` of the tiny model."""
+    from pathlib import Path
+
+    from ichigo_lib.tokens import llama3_s_tokenizer
+    from ichigo_lib.wordtok import word_tokenizer
+
+    tiktoken = Path(checkpoint_dir) / "original" / "tokenizer.model"
+    if tiktoken.exists():
+        return llama3_s_tokenizer(str(tiktoken), max_seq_len=max_seq_len)
+    return word_tokenizer(str(Path(checkpoint_dir) / "tokenizer.json"), max_seq_len=max_seq_len)

@@ -1,0 +1,144 @@
+"""Training phases 1-3 with torchtune: rows to JSON lines, the composed config, the run.
+
+A phase starts from a checkpoint directory (HF format with its tokenizer), trains on one of
+notebook 02's datasets and checkpoints every ``checkpoint_every`` steps: the stock recipes save
+once per epoch, so a phase is run as ``num_steps / checkpoint_every`` epochs over a corpus
+repeated enough to fill them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ichigo_lib.checkpoints import safetensors_files
+from ichigo_lib.config import PhaseConfig
+from ichigo_lib.train.launch import TuneRun, compose_config, train_overrides, tune_run
+
+TEMPLATES = {"sound": "phase_sound", "chat": "phase_chat"}
+
+
+@dataclass(frozen=True)
+class PhaseRows:
+    """A phase's training rows as torchtune reads them, and what was left out."""
+
+    path: Path
+    rows: int
+    tokens: int
+    over_long: int
+    lengths: list[int]
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    tune: TuneRun
+    passes: int
+    checkpoints: list[Path]  # one per checkpoint period, in step order
+
+    @property
+    def final(self) -> Path:
+        return self.checkpoints[-1]
+
+
+def write_phase_rows(
+    dataset_dir: str | Path, out_path: str | Path, count_tokens, max_seq_len: int
+) -> PhaseRows:
+    """JSON lines of a notebook-02 dataset (``text`` or ``conversations`` rows); rows longer than
+    ``max_seq_len`` tokens are counted and left out, never cut."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(dataset_dir))
+    key = "text" if "text" in ds.column_names else "conversations"
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    lengths, over = [], 0
+    with open(out_path, "w") as fh:
+        for row in ds:
+            n = count_tokens(row)
+            if n > max_seq_len:
+                over += 1
+                continue
+            lengths.append(n)
+            fh.write(json.dumps({key: row[key]}, ensure_ascii=False) + "\n")
+    if not lengths:
+        raise ValueError(f"{dataset_dir}: no row fits max_seq_len={max_seq_len} ({over} over)")
+    return PhaseRows(out_path, len(lengths), sum(lengths), over, lengths)
+
+
+def packing_efficiency(lengths: list[int], max_seq_len: int) -> float:
+    """Non-padding fraction when rows are packed in order into ``max_seq_len`` packs, a row
+    never split across packs (torchtune's ``PackedDataset`` with ``split_across_pack=False``)."""
+    packs, fill = 0, max_seq_len
+    for n in lengths:
+        if n > max_seq_len:
+            raise ValueError(f"a row of {n} tokens does not fit max_seq_len={max_seq_len}")
+        if fill + n > max_seq_len:
+            packs, fill = packs + 1, 0
+        fill += n
+    return sum(lengths) / (packs * max_seq_len)
+
+
+def passes_needed(rows: PhaseRows, phase: PhaseConfig) -> int:
+    """Repeats of the corpus so each epoch (checkpoint period) has enough batches: every epoch
+    starts the (re-shuffled) data from the beginning."""
+    t = phase.train
+    steps = phase.checkpoint_every or t.num_steps
+    per_pass = (
+        rows.tokens / t.max_seq_len * packing_efficiency(rows.lengths, t.max_seq_len) ** -1
+        if t.packed
+        else rows.rows
+    )
+    batches_per_pass = per_pass / (t.batch_size * t.gradient_accumulation_steps * t.nproc_per_node)
+    return max(1, math.ceil(steps / max(batches_per_pass, 1e-9) * 1.05))
+
+
+def phase_values(
+    phase: PhaseConfig, kind: str, start_dir: Path, rows: PhaseRows, out_dir: Path
+) -> dict[str, Any]:
+    """The dotted torchtune keys a phase sets on its template."""
+    values = {
+        "output_dir": str(out_dir / "torchtune"),
+        "checkpointer.checkpoint_dir": str(start_dir),
+        "checkpointer.checkpoint_files": safetensors_files(start_dir),
+        "dataset.data_files": str(rows.path),
+        "dataset.repeat": passes_needed(rows, phase),
+        "epochs": phase.num_checkpoints,
+        **train_overrides(phase.train),
+        "max_steps_per_epoch": phase.checkpoint_every or phase.train.num_steps,
+    }
+    if kind == "sound":  # loss on every token: there is no user turn to mask
+        del values["dataset.train_on_input"]
+    return values
+
+
+def train_phase(
+    name: str,
+    phase: PhaseConfig,
+    kind: str,
+    start_dir: str | Path,
+    rows: PhaseRows,
+    out_dir: str | Path,
+    num_threads: int | None = None,
+) -> PhaseRun:
+    """Train one phase from ``start_dir`` in a fresh output directory; returns its checkpoints."""
+    if kind not in TEMPLATES:
+        raise ValueError(f"kind must be one of {sorted(TEMPLATES)}, got {kind!r}")
+    out_dir, start_dir = Path(out_dir), Path(start_dir)
+    shutil.rmtree(out_dir / "torchtune", ignore_errors=True)
+    values = phase_values(phase, kind, start_dir, rows, out_dir)
+    run = tune_run(
+        phase.recipe,
+        compose_config(TEMPLATES[kind], values),
+        out_dir,
+        num_steps=phase.train.num_steps,
+        nproc_per_node=phase.train.nproc_per_node,
+        num_threads=num_threads,
+    )
+    epochs = sorted(
+        (out_dir / "torchtune").glob("epoch_*"), key=lambda p: int(p.name.split("_")[1])
+    )
+    return PhaseRun(run, values["dataset.repeat"], epochs)
