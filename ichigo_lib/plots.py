@@ -146,3 +146,37 @@ def mix_pies(mixes: dict[str, dict[str, float]], path: str | Path | None = None)
         )
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def knowledge_over_steps(
+    steps: list[int], accuracy: list[float], base: float, title: str, path: str | Path | None = None
+):
+    """Multiple-choice accuracy at each checkpoint of a phase, against the base model's."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, accuracy, "o-", lw=2, label="this run")
+    ax.axhline(base, color="grey", ls="--", lw=1, label=f"base model {base:.2f}")
+    ax.axhline(0.25, color="#c0392b", ls=":", lw=1, label="chance (4 options)")
+    ax.set(xlabel="optimizer step", ylabel="5-shot MC accuracy", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def phase_comparison(
+    ours: dict[str, float], paper: dict[str, float], title: str, path: str | Path | None = None
+):
+    """Accuracy per model (base, after each phase), this run beside the paper's, each relative
+    to its own base model (the tiny world and MMLU are different tests)."""
+    names = list(ours)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, scores, label in ((axes[0], ours, "this run"), (axes[1], paper, "paper (MMLU)")):
+        values = [scores.get(n, np.nan) for n in names]
+        bars = ax.bar(x, values, color="#4a6fa5")
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set(xticks=x, xticklabels=names, ylim=(0, 1), title=label)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("5-shot MC accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

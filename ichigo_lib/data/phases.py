@@ -90,7 +90,10 @@ def speech_plan(world: World, cfg: DataConfig) -> SpeechPlan:
         return tts.random_voice(lang, rng, cfg.speeds)
 
     # held-out first: evaluation sets are spoken in the two fixed held-out voices
-    held_qa = [q for q in world.qa if q.split == "heldout"][: cfg.eval_questions]
+    held_qa = [q for q in world.qa if q.split == "heldout"]
+    held_qa = random.Random(f"eval-questions/{cfg.seed}").sample(
+        held_qa, min(cfg.eval_questions, len(held_qa))
+    )  # spread over the facts (each fact has a few held-out phrasings)
     for i, q in enumerate(held_qa):
         add(q.question, "en", heldout_voices("en")[i % 2], "eval_instruction", answer=q.answer)
     per_lang: Counter[str] = Counter()
