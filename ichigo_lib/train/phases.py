@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ichigo_lib.checkpoints import safetensors_files
+from ichigo_lib.checkpoints import safetensors_files, validate_hf_checkpoint
 from ichigo_lib.config import PhaseConfig
 from ichigo_lib.train.launch import TuneRun, compose_config, train_overrides, tune_run
 
@@ -128,6 +128,12 @@ def train_phase(
     if kind not in TEMPLATES:
         raise ValueError(f"kind must be one of {sorted(TEMPLATES)}, got {kind!r}")
     out_dir, start_dir = Path(out_dir), Path(start_dir)
+    context = validate_hf_checkpoint(start_dir)["max_position_embeddings"]
+    if phase.train.max_seq_len > context:
+        raise ValueError(
+            f"{name}.train.max_seq_len {phase.train.max_seq_len} exceeds the model's context "
+            f"({context}, {start_dir}/config.json max_position_embeddings)"
+        )
     shutil.rmtree(out_dir / "torchtune", ignore_errors=True)
     values = phase_values(phase, kind, start_dir, rows, out_dir)
     run = tune_run(
