@@ -19,6 +19,8 @@ from tqdm import tqdm
 from ichigo_lib.config import CONFIG_DIR, TrainConfig
 
 TORCHTUNE_CONFIGS = CONFIG_DIR / "torchtune"
+RECIPES_PACKAGE = "ichigo_lib.train.recipes"
+RECIPES_DIR = Path(__file__).parent / "recipes"
 REQUIRED = "REQUIRED"
 _STEP_LINE = re.compile(r"^Step (\d+) \| (.*)$")
 
@@ -118,6 +120,23 @@ class TuneRun:
         return epochs[-1]
 
 
+def recipe_path(recipe: str) -> str:
+    """What ``tune run`` is given for ``recipe``: this package's version of a stock recipe when
+    there is one (``ichigo_lib/train/recipes/<recipe>.py``, which tune run imports as the module
+    ``ichigo_lib.train.recipes.<recipe>``), else the stock recipe's name."""
+    if (RECIPES_DIR / f"{recipe}.py").exists():
+        return f"{RECIPES_PACKAGE.replace('.', '/')}/{recipe}.py"
+    return recipe
+
+
+def tune_command(recipe: str, config_path: str | Path, nproc_per_node: int = 1) -> list[str]:
+    """The ``tune run`` command line; a distributed recipe always goes through torchrun."""
+    cmd = [str(Path(sys.executable).with_name("tune")), "run"]
+    if nproc_per_node > 1 or recipe.endswith("_distributed"):
+        cmd += ["--nproc_per_node", str(nproc_per_node)]
+    return [*cmd, recipe_path(recipe), "--config", str(config_path)]
+
+
 def tune_run(
     recipe: str,
     cfg: DictConfig,
@@ -125,11 +144,13 @@ def tune_run(
     num_steps: int | None = None,
     nproc_per_node: int = 1,
     num_threads: int | None = None,
+    keep_metric_log: bool = False,
 ) -> TuneRun:
     """Run a torchtune recipe in a subprocess; stream its log; show a progress bar with loss.
 
     The resolved config is written to ``run_dir/<recipe>.yaml`` and the console output to
     ``run_dir/<recipe>.log``. A non-zero exit raises :class:`TrainingError` with the log's tail.
+    The metric log starts empty unless ``keep_metric_log`` (a resumed run appends to it).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,13 +158,10 @@ def tune_run(
     OmegaConf.save(cfg, config_path)
     output_dir = Path(cfg.output_dir)
     metric_log = Path(cfg.metric_logger.log_dir) / cfg.metric_logger.filename
-    metric_log.unlink(missing_ok=True)
+    if not keep_metric_log:
+        metric_log.unlink(missing_ok=True)
     console_log = run_dir / f"{recipe}.log"
-    tune = Path(sys.executable).with_name("tune")
-    cmd = [str(tune), "run"]
-    if nproc_per_node > 1:
-        cmd += ["--nproc_per_node", str(nproc_per_node)]
-    cmd += [recipe, "--config", str(config_path)]
+    cmd = tune_command(recipe, config_path, nproc_per_node)
     env = dict(os.environ)
     if num_threads:
         env["OMP_NUM_THREADS"] = str(num_threads)
