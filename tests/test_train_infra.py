@@ -119,7 +119,7 @@ def test_tune_command_routes_distributed_runs_through_the_patched_recipe():
 
 
 def test_fsdp2_run_on_two_cpu_processes_trains_and_saves_an_hf_checkpoint(tmp_path):
-    init, cfg = _text_run(tmp_path, "base_text_distributed")
+    init, cfg = _text_run(tmp_path, "base_text")
     run = tune_run("full_finetune_distributed", cfg, tmp_path, num_steps=3, nproc_per_node=2)
     console = run.console_log.read_text()
     assert "Running with torchrun" in console

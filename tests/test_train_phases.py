@@ -123,6 +123,16 @@ def test_two_phases_train_with_tune_run_and_reply(init_dir, tmp_path):
     first = phases.train_phase("phase1", cfg.phase1, "sound", init_dir, p1_rows, tmp_path / "a")
     assert [p.name for p in first.checkpoints] == ["epoch_0", "epoch_1"]  # every 2 of 4 steps
     assert [r["step"] for r in first.tune.metrics()] == [1, 2, 3, 4]
+    # a run killed in its last period resumes from epoch_0 (kept as is), not from scratch
+    import shutil
+
+    kept = (first.checkpoints[0] / "config.json").stat().st_mtime_ns
+    shutil.rmtree(first.checkpoints[1])
+    again = phases.train_phase("phase1", cfg.phase1, "sound", init_dir, p1_rows, tmp_path / "a")
+    assert (again.checkpoints[0] / "config.json").stat().st_mtime_ns == kept
+    assert [p.name for p in again.checkpoints] == ["epoch_0", "epoch_1"]
+    assert [r["step"] for r in again.tune.metrics()] == [1, 2, 3, 4]
+    assert again.tune.metrics()[2]["loss"] == pytest.approx(first.tune.metrics()[2]["loss"])
     p2_rows = phases.write_phase_rows(tmp_path / "p2", tmp_path / "p2.jsonl", count, 256)
     second = phases.train_phase("phase2", cfg.phase2, "chat", first.final, p2_rows, tmp_path / "b")
     said = replies.generate_replies(second.final, [c["conversations"][:1] for c in chats[:3]])

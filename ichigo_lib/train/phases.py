@@ -18,6 +18,7 @@ from typing import Any
 from ichigo_lib.checkpoints import safetensors_files, validate_hf_checkpoint
 from ichigo_lib.config import PhaseConfig
 from ichigo_lib.train.launch import TuneRun, compose_config, train_overrides, tune_run
+from ichigo_lib.train.resume import ResumeError, find_resume_point, resume_tune_run, run_config
 
 TEMPLATES = {"sound": "phase_sound", "chat": "phase_chat"}
 
@@ -115,6 +116,29 @@ def phase_values(
     return values
 
 
+_RESUME_KEYS = ("resume_from_checkpoint", "checkpointer", "model", "tokenizer")
+
+
+def _resumable(output_dir: Path, cfg) -> bool:
+    """Whether ``output_dir`` holds an unfinished run of ``cfg`` with a checkpoint to go on from
+    (the keys resuming changes are not compared)."""
+    from omegaconf import OmegaConf
+
+    try:
+        point = find_resume_point(output_dir)
+        old = run_config(output_dir)
+    except ResumeError:
+        return False
+    if point.complete or point.checkpoint_dir is None:
+        return False
+
+    def key(c) -> dict:
+        tree = OmegaConf.to_container(c, resolve=False)
+        return {k: v for k, v in tree.items() if k not in _RESUME_KEYS}
+
+    return key(old) == key(cfg)
+
+
 def train_phase(
     name: str,
     phase: PhaseConfig,
@@ -124,7 +148,11 @@ def train_phase(
     out_dir: str | Path,
     num_threads: int | None = None,
 ) -> PhaseRun:
-    """Train one phase from ``start_dir`` in a fresh output directory; returns its checkpoints."""
+    """Train one phase from ``start_dir``; returns its checkpoints.
+
+    A run of the same config killed midway in ``out_dir`` resumes from its last checkpoint;
+    anything else there (another config, a finished run) is replaced by a fresh run.
+    """
     if kind not in TEMPLATES:
         raise ValueError(f"kind must be one of {sorted(TEMPLATES)}, got {kind!r}")
     out_dir, start_dir = Path(out_dir), Path(start_dir)
@@ -134,16 +162,18 @@ def train_phase(
             f"{name}.train.max_seq_len {phase.train.max_seq_len} exceeds the model's context "
             f"({context}, {start_dir}/config.json max_position_embeddings)"
         )
-    shutil.rmtree(out_dir / "torchtune", ignore_errors=True)
     values = phase_values(phase, kind, start_dir, rows, out_dir)
-    run = tune_run(
-        phase.recipe,
-        compose_config(TEMPLATES[kind], values),
-        out_dir,
-        num_steps=phase.train.num_steps,
-        nproc_per_node=phase.train.nproc_per_node,
-        num_threads=num_threads,
-    )
+    cfg = compose_config(TEMPLATES[kind], values)
+    launch = {
+        "num_steps": phase.train.num_steps,
+        "nproc_per_node": phase.train.nproc_per_node,
+        "num_threads": num_threads,
+    }
+    if _resumable(out_dir / "torchtune", cfg):
+        run = resume_tune_run(phase.recipe, out_dir / "torchtune", out_dir, **launch)
+    else:
+        shutil.rmtree(out_dir / "torchtune", ignore_errors=True)
+        run = tune_run(phase.recipe, cfg, out_dir, **launch)
     epochs = sorted(
         (out_dir / "torchtune").glob("epoch_*"), key=lambda p: int(p.name.split("_")[1])
     )
