@@ -3,6 +3,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torchtune.datasets import PackedDataset
@@ -12,7 +13,7 @@ from ichigo_lib.checkpoints import write_llama_init, write_sound_init
 from ichigo_lib.config import LlamaArch, load_config
 from ichigo_lib.data.phases import token_counter
 from ichigo_lib.evaluate import replies
-from ichigo_lib.train import components, phases
+from ichigo_lib.train import components, packing, phases
 from ichigo_lib.wordtok import WordTokenizer, build_word_tokenizer
 
 ARCH = LlamaArch(
@@ -73,14 +74,34 @@ def test_chat_rows_put_loss_on_the_users_sound_tokens(init_dir, tmp_path):
     assert masked["labels"][start : start + 4] == [-100] * 4
 
 
+def _torchtune_efficiency(lengths, max_seq_len):
+    ds = [{"tokens": [1] * n, "labels": [1] * n} for n in lengths]
+    packed = PackedDataset(ds, max_seq_len=max_seq_len, padding_idx=0)
+    real = sum(int((p["tokens"] != 0).sum()) for p in packed)  # pad id 0, tokens 1
+    return real / (len(packed) * max_seq_len)
+
+
 def test_packing_efficiency_matches_torchtunes_packs():
     lengths = [30, 50, 20, 64, 10, 40, 33]
-    ds = [{"tokens": [1] * n, "labels": [1] * n} for n in lengths]
-    packed = PackedDataset(ds, max_seq_len=64, padding_idx=0)
-    real = sum(int((p["tokens"] != 0).sum()) for p in packed)  # pad id 0, tokens 1
-    assert phases.packing_efficiency(lengths, 64) == pytest.approx(real / (len(packed) * 64))
+    assert packing.packing_efficiency(lengths, 64) == pytest.approx(
+        _torchtune_efficiency(lengths, 64)
+    )
     with pytest.raises(ValueError, match="does not fit"):
-        phases.packing_efficiency([65], 64)
+        packing.packing_efficiency([65], 64)
+
+
+def test_bin_packed_passes_fill_torchtunes_packs():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(40, 110, 600).tolist()
+    plain = [lengths[i] for e in range(2) for i in packing.pass_order(lengths, e)]
+    binned = [lengths[i] for e in range(2) for i in packing.pass_order(lengths, e, 512)]
+    assert sorted(binned) == sorted(plain)  # every row once per pass
+    assert _torchtune_efficiency(plain, 512) < 0.95
+    assert _torchtune_efficiency(binned, 512) == pytest.approx(
+        packing.repeated_efficiency(lengths, 2, 512)
+    )
+    assert packing.repeated_efficiency(lengths, 2, 512) > 0.97
+    assert list(packing.pass_order(lengths, 0)) == list(range(600))  # unpacked: file order
 
 
 def test_phase_rows_count_over_long_rows_and_leave_them_out(init_dir, tmp_path):

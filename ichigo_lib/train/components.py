@@ -9,6 +9,7 @@ from torchtune.datasets import PackedDataset, SFTDataset
 from torchtune.models.llama3 import llama3
 from torchtune.modules import TransformerDecoder
 
+from ichigo_lib.train.packing import pass_order
 from ichigo_lib.wordtok import OverLongError
 
 
@@ -42,13 +43,18 @@ def tiny_llama(
     )
 
 
-def _pass_row(index: int, rows: int, orders: dict[int, np.ndarray]) -> int:
-    """Row of flat ``index`` when a corpus of ``rows`` is repeated, each pass in its own seeded
-    order (the first in file order)."""
-    epoch, offset = divmod(index, rows)
-    if epoch not in orders:
-        orders[epoch] = np.random.default_rng(epoch).permutation(rows)
-    return int(orders[epoch][offset]) if epoch else offset
+class _PassOrder:
+    """Flat index -> row of a corpus repeated pass after pass (see ``packing.pass_order``)."""
+
+    def __init__(self, lengths: list[int], pack_len: int | None):
+        self.lengths, self.pack_len = lengths, pack_len
+        self._orders: dict[int, np.ndarray] = {}
+
+    def row(self, index: int) -> int:
+        epoch, offset = divmod(index, len(self.lengths))
+        if epoch not in self._orders:
+            self._orders[epoch] = pass_order(self.lengths, epoch, self.pack_len)
+        return int(self._orders[epoch][offset])
 
 
 class SoundCompletionDataset(torch.utils.data.Dataset):
@@ -60,7 +66,14 @@ class SoundCompletionDataset(torch.utils.data.Dataset):
     never cut here.
     """
 
-    def __init__(self, tokenizer, data_files: str, repeat: int = 1, column: str = "text"):
+    def __init__(
+        self,
+        tokenizer,
+        data_files: str,
+        repeat: int = 1,
+        column: str = "text",
+        bin_pack: bool = False,
+    ):
         from datasets import load_dataset
 
         if repeat < 1:
@@ -72,7 +85,7 @@ class SoundCompletionDataset(torch.utils.data.Dataset):
             if limit is not None and len(toks) > limit:
                 raise ValueError(f"{data_files}: row {i} has {len(toks)} tokens > {limit}")
         self._repeat = repeat
-        self._orders: dict[int, np.ndarray] = {}
+        self._order = _PassOrder([len(t) for t in self._tokens], limit if bin_pack else None)
 
     def __len__(self) -> int:
         return len(self._tokens) * self._repeat
@@ -80,13 +93,17 @@ class SoundCompletionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        toks = self._tokens[_pass_row(index, len(self._tokens), self._orders)]
+        toks = self._tokens[self._order.row(index)]
         return {"tokens": list(toks), "labels": list(toks)}
 
 
-def sound_completion_dataset(tokenizer, data_files: str, repeat: int = 1, packed: bool = False):
-    """torchtune ``_component_``: :class:`SoundCompletionDataset`, optionally packed."""
-    return _maybe_packed(SoundCompletionDataset(tokenizer, data_files, repeat), tokenizer, packed)
+def sound_completion_dataset(
+    tokenizer, data_files: str, repeat: int = 1, packed: bool = False, bin_pack: bool = False
+):
+    """torchtune ``_component_``: :class:`SoundCompletionDataset`, optionally packed
+    (``bin_pack``: each pass ordered so packs come out nearly full, see ``train.packing``)."""
+    ds = SoundCompletionDataset(tokenizer, data_files, repeat, bin_pack=packed and bin_pack)
+    return _maybe_packed(ds, tokenizer, packed)
 
 
 def _maybe_packed(ds, tokenizer, packed: bool, split_across_pack: bool = False):
@@ -106,7 +123,14 @@ class ChatDataset(SFTDataset):
     end raises ``IndexError``, which torchtune's ``PackedDataset`` needs to stop iterating.
     """
 
-    def __init__(self, tokenizer, data_files: str, train_on_input: bool, repeat: int = 1):
+    def __init__(
+        self,
+        tokenizer,
+        data_files: str,
+        train_on_input: bool,
+        repeat: int = 1,
+        pack_len: int | None = None,
+    ):
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
         super().__init__(
@@ -122,7 +146,8 @@ class ChatDataset(SFTDataset):
         self._rows = super().__len__()
         self._repeat = repeat
         self._cache: dict[int, dict] = {}
-        self._orders: dict[int, np.ndarray] = {}
+        lengths = [len(self._sample(i)["tokens"]) for i in range(self._rows)] if pack_len else []
+        self._order = _PassOrder(lengths or [0] * self._rows, pack_len)
 
     def __len__(self) -> int:
         return self._rows * self._repeat
@@ -130,14 +155,15 @@ class ChatDataset(SFTDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        row = _pass_row(index, self._rows, self._orders)
+        return {k: list(v) for k, v in self._sample(self._order.row(index)).items()}
+
+    def _sample(self, row: int) -> dict:
         if row not in self._cache:
             try:
                 self._cache[row] = super().__getitem__(row)
             except OverLongError as err:
                 raise ValueError(f"{self._data_files}: row {row}: {err}") from err
-        sample = self._cache[row]
-        return {k: list(v) for k, v in sample.items()}
+        return self._cache[row]
 
 
 def chat_dataset(
@@ -147,9 +173,12 @@ def chat_dataset(
     repeat: int = 1,
     packed: bool = False,
     split_across_pack: bool = False,
+    bin_pack: bool = False,
 ):
-    """torchtune ``_component_``: :class:`ChatDataset`, optionally packed to ``max_seq_len``."""
-    ds = ChatDataset(tokenizer, data_files, train_on_input=train_on_input, repeat=repeat)
+    """torchtune ``_component_``: :class:`ChatDataset`, optionally packed to ``max_seq_len``
+    (``bin_pack``: each pass ordered so packs come out nearly full, see ``train.packing``)."""
+    pack_len = tokenizer.max_seq_len if packed and bin_pack else None
+    ds = ChatDataset(tokenizer, data_files, train_on_input, repeat=repeat, pack_len=pack_len)
     return _maybe_packed(ds, tokenizer, packed, split_across_pack)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from ichigo_lib.checkpoints import safetensors_files, validate_hf_checkpoint
 from ichigo_lib.config import PhaseConfig
 from ichigo_lib.train.launch import TuneRun, compose_config, train_overrides, tune_run
+from ichigo_lib.train.packing import repeated_efficiency
 from ichigo_lib.train.resume import ResumeError, find_resume_point, resume_tune_run, run_config
 
 TEMPLATES = {"sound": "phase_sound", "chat": "phase_chat"}
@@ -70,26 +71,13 @@ def write_phase_rows(
     return PhaseRows(out_path, len(lengths), sum(lengths), over, lengths)
 
 
-def packing_efficiency(lengths: list[int], max_seq_len: int) -> float:
-    """Non-padding fraction when rows are packed in order into ``max_seq_len`` packs, a row
-    never split across packs (torchtune's ``PackedDataset`` with ``split_across_pack=False``)."""
-    packs, fill = 0, max_seq_len
-    for n in lengths:
-        if n > max_seq_len:
-            raise ValueError(f"a row of {n} tokens does not fit max_seq_len={max_seq_len}")
-        if fill + n > max_seq_len:
-            packs, fill = packs + 1, 0
-        fill += n
-    return sum(lengths) / (packs * max_seq_len)
-
-
 def passes_needed(rows: PhaseRows, phase: PhaseConfig) -> int:
     """Repeats of the corpus so each epoch (checkpoint period) has enough batches: every epoch
     starts the (re-shuffled) data from the beginning."""
     t = phase.train
     steps = phase.checkpoint_every or t.num_steps
     per_pass = (
-        rows.tokens / t.max_seq_len * packing_efficiency(rows.lengths, t.max_seq_len) ** -1
+        rows.tokens / (t.max_seq_len * repeated_efficiency(rows.lengths, 1, t.max_seq_len))
         if t.packed
         else rows.rows
     )
