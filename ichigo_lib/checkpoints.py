@@ -194,3 +194,26 @@ def write_sound_init(base_dir: str | Path, out_dir: str | Path) -> dict:
         "sound_end_id": layout.end_id,
         "first_sound_id": layout.first_sound_id,
     }
+
+
+def add_special_token(ckpt_dir: str | Path, token: str, out_dir: str | Path) -> int:
+    """``ckpt_dir`` with ``token`` as a special token (a mean-initialised new embedding row when
+    the tokenizer lacks it, as Llama-3's reserved tokens need none), written to ``out_dir``.
+    Returns the token's id. Used for v0.2's transcription-token ablation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ichigo_lib.tokens import resize_token_embeddings
+
+    validate_hf_checkpoint(ckpt_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype="auto")
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": [token]}, replace_extra_special_tokens=False
+        )
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        resize_token_embeddings(model, len(tokenizer))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer.convert_tokens_to_ids(token)

@@ -136,3 +136,23 @@ def test_sound_init_tokenizers_encode_an_audio_turn_as_one_id_per_code(tiny_ckpt
     assert (
         write_sound_init(tmp_path / "init", tmp_path / "again")["vocab_size"] == info["vocab_size"]
     )
+
+
+def test_transcription_token_is_one_new_id_and_keeps_old_logits(tiny_ckpt, tmp_path):
+    from ichigo_lib.checkpoints import add_special_token
+
+    token_id = add_special_token(tiny_ckpt, "<|transcribe|>", tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok("<|transcribe|>a", add_special_tokens=False)["input_ids"] == [
+        token_id,
+        tok.convert_tokens_to_ids("a"),
+    ]
+    ids = torch.tensor([[2, 7, 8, 9]])
+    old = AutoModelForCausalLM.from_pretrained(tiny_ckpt).eval()
+    new = AutoModelForCausalLM.from_pretrained(tmp_path / "tok").eval()
+    assert (
+        new.get_input_embeddings().weight.shape[0] == old.get_input_embeddings().weight.shape[0] + 1
+    )
+    with torch.no_grad():
+        assert torch.allclose(old(ids).logits, new(ids).logits[..., :-1], atol=1e-5)
+    assert add_special_token(tmp_path / "tok", "<|transcribe|>", tmp_path / "again") == token_id

@@ -278,3 +278,17 @@ def test_bench_prints_stage_and_worker_tables():
     header = lines.index("whole pipeline (worker start-up included):") + 1
     assert lines[header].split() == ["workers", "seconds", "rows_per_s", "audio_s_per_s", "speedup"]
     assert float(lines[header + 1].split()[-1]) == 1.0
+
+
+def test_transcription_token_variant_replaces_only_the_prompts(rows):
+    variant = phases.with_transcription_token(rows["phase2"], "<|transcribe|>")
+    assert len(variant) == len(rows["phase2"])
+    for before, after in zip(rows["phase2"], variant, strict=True):
+        if before["kind"] != "transcription":
+            assert after == before
+            continue
+        user = after["conversations"][0]["content"]
+        assert user.startswith("<|transcribe|>" + T.SOUND_START)
+        assert not any(p in user for p in TRANSCRIPTION_PROMPTS)
+        assert after["conversations"][1] == before["conversations"][1]
+        assert T.string_to_codes(user.removeprefix("<|transcribe|>")).size

@@ -195,6 +195,20 @@ def build_phase_datasets(
     return out
 
 
+def with_transcription_token(rows: Sequence[Mapping[str, Any]], token: str) -> list[dict[str, Any]]:
+    """Phase-2 rows as Ichigo v0.2 had them: each transcription row's prompt replaced by one
+    special ``token`` (v0.3 replaced the token by the prompts: it hurt MMLU recovery)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row.get("kind") == "transcription":
+            user, answer = row["conversations"]
+            turn = user["content"][user["content"].index(T.SOUND_START) :]
+            row["conversations"] = [_user(token + turn), dict(answer)]
+        out.append(row)
+    return out
+
+
 def row_text(row: Mapping[str, Any]) -> str:
     """All of a row's text (for length counts and disjointness checks)."""
     if "text" in row:
