@@ -65,6 +65,9 @@ class TrainConfig:
     seed: int = 42
     log_every_n_steps: int = 1
     nproc_per_node: int = 1
+    # extra torchrun arguments for multi-node runs, e.g. ["--nnodes", "2", "--rdzv_backend",
+    # "c10d", "--rdzv_endpoint", "node0:29500"] (tune run passes them on to torchrun)
+    torchrun_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

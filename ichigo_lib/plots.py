@@ -180,3 +180,24 @@ def phase_comparison(
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+class LiveLoss:
+    """A loss plot redrawn in place while a ``tune run`` trains (pass as ``on_progress``); the
+    final figure is saved to ``path``."""
+
+    def __init__(self, title: str, path: str | Path | None = None):
+        self.title, self.path = title, path
+        self._handle = None
+
+    def __call__(self, rows: list[dict[str, float]], final: bool = False) -> None:
+        from IPython.display import display
+
+        if not rows:
+            return
+        fig = loss_curve(rows, self.title, self.path if final else None)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)

@@ -116,6 +116,10 @@ def test_tune_command_routes_distributed_runs_through_the_patched_recipe():
         "1",
         "ichigo_lib/train/recipes/full_finetune_distributed.py",
     ]
+    nodes = ["--nnodes", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "node0:29500"]
+    multi = tune_command("full_finetune_distributed", "c.yaml", 8, nodes)
+    assert multi[2:10] == ["--nproc_per_node", "8", *nodes]
+    assert multi[10].endswith("full_finetune_distributed.py")
 
 
 def test_fsdp2_run_on_two_cpu_processes_trains_and_saves_an_hf_checkpoint(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,17 @@ def recipe_path(recipe: str) -> str:
     return recipe
 
 
-def tune_command(recipe: str, config_path: str | Path, nproc_per_node: int = 1) -> list[str]:
-    """The ``tune run`` command line; a distributed recipe always goes through torchrun."""
+def tune_command(
+    recipe: str,
+    config_path: str | Path,
+    nproc_per_node: int = 1,
+    torchrun_args: tuple[str, ...] | list[str] = (),
+) -> list[str]:
+    """The ``tune run`` command line; a distributed recipe always goes through torchrun, with
+    ``torchrun_args`` (``--nnodes``, ``--rdzv_endpoint``, ...) for multi-node runs."""
     cmd = [str(Path(sys.executable).with_name("tune")), "run"]
-    if nproc_per_node > 1 or recipe.endswith("_distributed"):
-        cmd += ["--nproc_per_node", str(nproc_per_node)]
+    if nproc_per_node > 1 or recipe.endswith("_distributed") or torchrun_args:
+        cmd += ["--nproc_per_node", str(nproc_per_node), *torchrun_args]
     return [*cmd, recipe_path(recipe), "--config", str(config_path)]
 
 
@@ -145,8 +152,13 @@ def tune_run(
     nproc_per_node: int = 1,
     num_threads: int | None = None,
     keep_metric_log: bool = False,
+    torchrun_args: tuple[str, ...] | list[str] = (),
+    on_progress: Callable[[list[dict[str, float]], bool], None] | None = None,
 ) -> TuneRun:
     """Run a torchtune recipe in a subprocess; stream its log; show a progress bar with loss.
+
+    ``on_progress(rows, final)`` gets the metric log's rows while it grows (about every 5 s)
+    and once more at the end (``final=True``), e.g. :class:`ichigo_lib.plots.LiveLoss`.
 
     The resolved config is written to ``run_dir/<recipe>.yaml`` and the console output to
     ``run_dir/<recipe>.log``. A non-zero exit raises :class:`TrainingError` with the log's tail.
@@ -161,7 +173,7 @@ def tune_run(
     if not keep_metric_log:
         metric_log.unlink(missing_ok=True)
     console_log = run_dir / f"{recipe}.log"
-    cmd = tune_command(recipe, config_path, nproc_per_node)
+    cmd = tune_command(recipe, config_path, nproc_per_node, torchrun_args)
     env = dict(os.environ)
     if num_threads:
         env["OMP_NUM_THREADS"] = str(num_threads)
@@ -176,11 +188,17 @@ def tune_run(
         )
         reader = threading.Thread(target=_pump, args=(proc.stdout, log, tail), daemon=True)
         reader.start()
+        last = time.monotonic()
         while proc.poll() is None:
             time.sleep(0.5)
             _update_bar(bar, metric_log)
+            if on_progress and metric_log.exists() and time.monotonic() - last > 5:
+                on_progress(read_metric_log(metric_log), False)
+                last = time.monotonic()
         reader.join()
         _update_bar(bar, metric_log)
+    if on_progress and metric_log.exists():
+        on_progress(read_metric_log(metric_log), True)
     if proc.returncode != 0:
         raise TrainingError(
             f"tune run {recipe} failed (exit {proc.returncode}); config {config_path}, "

@@ -135,8 +135,10 @@ def train_phase(
     rows: PhaseRows,
     out_dir: str | Path,
     num_threads: int | None = None,
+    on_progress=None,
 ) -> PhaseRun:
-    """Train one phase from ``start_dir``; returns its checkpoints.
+    """Train one phase from ``start_dir``; returns its checkpoints (``on_progress``: see
+    :func:`~ichigo_lib.train.launch.tune_run`).
 
     A run of the same config killed midway in ``out_dir`` resumes from its last checkpoint;
     anything else there (another config, a finished run) is replaced by a fresh run.
@@ -156,6 +158,8 @@ def train_phase(
         "num_steps": phase.train.num_steps,
         "nproc_per_node": phase.train.nproc_per_node,
         "num_threads": num_threads,
+        "torchrun_args": phase.train.torchrun_args,
+        "on_progress": on_progress,
     }
     if _resumable(out_dir / "torchtune", cfg):
         run = resume_tune_run(phase.recipe, out_dir / "torchtune", out_dir, **launch)

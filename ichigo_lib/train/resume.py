@@ -145,6 +145,8 @@ def resume_tune_run(
     num_steps: int | None = None,
     nproc_per_node: int = 1,
     num_threads: int | None = None,
+    torchrun_args: tuple[str, ...] | list[str] = (),
+    on_progress=None,
 ) -> TuneRun:
     """Continue the killed run in ``output_dir`` with :func:`tune_run`.
 
@@ -167,6 +169,8 @@ def resume_tune_run(
         nproc_per_node=nproc_per_node,
         num_threads=num_threads,
         keep_metric_log=True,
+        torchrun_args=torchrun_args,
+        on_progress=on_progress,
     )
 
 
