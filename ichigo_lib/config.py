@@ -184,6 +184,11 @@ class DataConfig:
     max_seq_len: int = 512  # rows longer than this (LLM tokens) are counted as over-long
     speeds: tuple[int, int] = (130, 190)
     seed: int = 0
+    # published datasets used instead of the world's (hub id "owner/name[:config]" or a local
+    # file/dir with upstream's {index, tokens} or {index, conversations} rows); None: synthesize
+    published_phase1: str | None = None
+    published_phase2: str | None = None
+    published_phase3: str | None = None
 
     def __post_init__(self):
         if self.path == "t2s" and self.backend != "whisperspeech":

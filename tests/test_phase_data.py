@@ -292,3 +292,42 @@ def test_transcription_token_variant_replaces_only_the_prompts(rows):
         assert not any(p in user for p in TRANSCRIPTION_PROMPTS)
         assert after["conversations"][1] == before["conversations"][1]
         assert T.string_to_codes(user.removeprefix("<|transcribe|>")).size
+
+
+def test_published_datasets_load_in_the_books_row_formats(tmp_path):
+    import datasets
+
+    from ichigo_lib.data.hub import HubDataError, hub_rows
+
+    datasets.Dataset.from_list([{"index": 7, "tokens": [1, 2, 512]}]).to_parquet(
+        str(tmp_path / "p1.parquet")
+    )
+    assert hub_rows(str(tmp_path / "p1.parquet")) == [
+        {"text": T.audio_turn([1, 2, 512]), "source": 7}
+    ]
+    chat = [{"role": "user", "content": T.audio_turn([3])}, {"role": "assistant", "content": "x"}]
+    (tmp_path / "p2").mkdir()
+    datasets.Dataset.from_list([{"index": 0, "conversations": chat}]).to_parquet(
+        str(tmp_path / "p2" / "train-0.parquet")
+    )
+    assert hub_rows(str(tmp_path / "p2"))[0]["conversations"] == chat
+    datasets.Dataset.from_list([{"index": 0, "tokens": [1, 600]}]).to_parquet(
+        str(tmp_path / "bad.parquet")
+    )
+    with pytest.raises(HubDataError, match="row 0: 'tokens'"):
+        hub_rows(str(tmp_path / "bad.parquet"))
+    datasets.Dataset.from_list([{"text": "hello"}]).to_parquet(str(tmp_path / "other.parquet"))
+    with pytest.raises(HubDataError, match="expected a 'tokens' or 'conversations' column"):
+        hub_rows(str(tmp_path / "other.parquet"))
+
+
+def test_a_published_phase_replaces_the_worlds_rows_and_is_not_spoken(world, tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([{"index": 0, "tokens": [4, 5]}]).to_parquet(
+        str(tmp_path / "p1.parquet")
+    )
+    cfg = DataConfig(**{**CFG.__dict__, "published_phase1": str(tmp_path / "p1.parquet")})
+    plan = phases.speech_plan(world, cfg)
+    assert not [u for u in plan.utterances if u["use"] == "phase1"]
+    assert [u for u in plan.utterances if u["use"] == "instruction"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from ichigo_lib.config import DataConfig, SpeechConfig
 from ichigo_lib.data import phases
+from ichigo_lib.data.hub import hub_rows
 from ichigo_lib.data.pipeline import PipelineReport, merge_shards, run_pipeline
 from ichigo_lib.data.synth import SynthSpec
 from ichigo_lib.world import World
@@ -142,6 +143,10 @@ def build_phase_data(
         _audio_tokens(chat) for chat in spoken_dialogues.values()
     )
     rows = phases.build_phase_datasets(plan, spoken, spoken_dialogues, data)
+    for name in ("phase1", "phase2", "phase3"):
+        ref = getattr(data, f"published_{name}")
+        if ref is not None:
+            rows[name] = hub_rows(ref)
     failed = _failed_by_dataset(plan, spoken, spoken_dialogues)
     paths, cards, all_lengths = {}, {}, {}
     for name, dataset_rows in rows.items():

@@ -106,10 +106,10 @@ def speech_plan(world: World, cfg: DataConfig) -> SpeechPlan:
     heldout |= {q.question for q in world.qa if q.split == "heldout"}
 
     sentences = [s for s in world.sentences if s.split == "train" and s.text not in heldout]
-    for s in sentences:
+    for s in sentences if cfg.published_phase1 is None else []:
         for _ in range(cfg.phase1_voices):
             add(s.text, s.lang, voice(s.lang), "phase1")
-    counts = mix_counts(cfg.phase2_rows, cfg.mix)
+    counts = mix_counts(cfg.phase2_rows if cfg.published_phase2 is None else 0, cfg.mix)
     questions = [q for q in world.qa if q.split == "train" and q.question not in heldout]
     for q in _cycle(questions, counts["speech_instruction"], rng):
         add(q.question, "en", voice("en"), "instruction", answer=q.answer)
@@ -121,6 +121,7 @@ def speech_plan(world: World, cfg: DataConfig) -> SpeechPlan:
         if not any(m["content"] in heldout for m in chat)
     ]
     text_chats = _cycle(text_chats, counts["text"], rng) if counts["text"] else []
+    # (a published dataset replaces a phase's rows: see build.build_phase_data)
     dialogues = [
         {
             "index": i,
@@ -129,7 +130,7 @@ def speech_plan(world: World, cfg: DataConfig) -> SpeechPlan:
             "voice": voice_dict(voice("en")),
         }
         for i, d in enumerate(world.dialogues[: cfg.phase3_dialogues])
-        if d.messages[0]["content"] not in heldout
+        if d.messages[0]["content"] not in heldout and cfg.published_phase3 is None
     ]
     return SpeechPlan(utterances, dialogues, text_chats)
 
