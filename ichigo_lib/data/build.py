@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ichigo_lib import tokens as T
 from ichigo_lib.config import DataConfig, SpeechConfig
 from ichigo_lib.data import phases
 from ichigo_lib.data.hub import hub_rows
@@ -165,8 +166,6 @@ def build_phase_data(
 
 
 def _audio_tokens(chat: list[dict[str, str]]) -> int:
-    from ichigo_lib import tokens as T
-
     return sum(
         len(T.string_to_codes(m["content"])) for m in chat if m["content"].startswith(T.SOUND_START)
     )
