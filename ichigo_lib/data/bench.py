@@ -16,6 +16,7 @@ from typing import Any
 from ichigo_lib.config import Config
 from ichigo_lib.data.pipeline import merge_shards, run_pipeline
 from ichigo_lib.data.synth import SpeechTokenizer, SynthSpec, voice_dict
+from ichigo_lib.speech import audio as A
 from ichigo_lib.speech import tts
 from ichigo_lib.world import World, build_world
 
@@ -93,7 +94,7 @@ def pipeline_rates(
                     "workers": n,
                     "seconds": seconds,
                     "rows_per_s": len(rows) / seconds,
-                    "audio_s_per_s": tokens / 25 / seconds,
+                    "audio_s_per_s": tokens / A.TOKENS_PER_SECOND / seconds,
                 }
             )
     for row in out:

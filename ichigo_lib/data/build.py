@@ -23,6 +23,7 @@ from ichigo_lib.data import phases
 from ichigo_lib.data.hub import hub_rows
 from ichigo_lib.data.pipeline import PipelineReport, merge_shards, run_pipeline
 from ichigo_lib.data.synth import SynthSpec
+from ichigo_lib.speech import audio as A
 from ichigo_lib.world import World
 
 SYNTH = "ichigo_lib.data.synth"
@@ -159,7 +160,7 @@ def build_phase_data(
         )
     (out_dir / "cards.json").write_text(json.dumps(cards, indent=1))
     processed = sum(r.rows_processed for r in reports.values())
-    audio_seconds = audio_tokens / 25
+    audio_seconds = audio_tokens / A.TOKENS_PER_SECOND
     if processed == 0:  # everything was reused from an earlier run: no fresh rate to report
         seconds = float("nan")
     return PhaseData(plan, rows, paths, cards, all_lengths, reports, audio_seconds, seconds)

@@ -137,7 +137,7 @@ class SpeechTokenizer:
             )[0]
             self.times.tts += time.perf_counter() - start
             codes = np.asarray(toks.cpu().numpy(), dtype=np.int64)
-            self.times.audio_seconds += len(codes) / 25
+            self.times.audio_seconds += len(codes) / A.TOKENS_PER_SECOND
             self.times.rows += 1
             return codes
         clip = self.speak(text, lang, voice)

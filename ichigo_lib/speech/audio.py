@@ -128,7 +128,8 @@ def pad_mels(
     return batch, frames
 
 
-SAMPLES_PER_TOKEN = 4 * HOP_LENGTH  # 25 tokens per second
+SAMPLES_PER_TOKEN = 4 * HOP_LENGTH
+TOKENS_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_TOKEN  # 25 WhisperVQ codes per second
 
 
 def windows(samples: np.ndarray) -> list[np.ndarray]:
