@@ -24,7 +24,12 @@ from dataclasses import asdict, dataclass
 from itertools import zip_longest
 from pathlib import Path
 
-from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
+from ichigo_lib.data.prompts import (
+    REFUSAL_OPENINGS,
+    REFUSAL_PROBLEMS,
+    REFUSAL_REQUESTS,
+    TRANSCRIPTION_PROMPTS,
+)
 
 LANGUAGES = ("en", "nl", "fr", "de", "it", "pl", "pt", "es")
 ATTRIBUTES = ("capital", "flag", "animal", "rivers")
@@ -636,6 +641,7 @@ class World:
         texts += [s.text for s in self.sentences]
         texts += [m["content"] for chat in self.text_conversations() for m in chat]
         texts += list(TRANSCRIPTION_PROMPTS)  # the phase-2 transcription rows' instructions
+        texts += [*REFUSAL_OPENINGS, *REFUSAL_PROBLEMS, *REFUSAL_REQUESTS]  # phase-3 refusals
         return sorted({w for t in texts for w in words(t)})
 
     def save(self, directory: str | Path) -> dict[str, str]:

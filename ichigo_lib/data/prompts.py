@@ -14,3 +14,23 @@ TRANSCRIPTION_PROMPTS = (
     "Recognize the speech in this audio clip",
     "Produce a text version of this audio recording",
 )
+
+# Inaudible input (phase 3): a refusal is an opening (or none), a problem and a request, e.g.
+# "Sorry, I did not catch that. Could you please repeat it?" (5 x 5 x 6 = 150 phrasings; no
+# apostrophes, so the tiny word tokenizer keeps every word whole). Upstream had Qwen2.5-72B
+# write its refusals; ``data.refusals`` builds the pool from these parts.
+REFUSAL_OPENINGS = ("Sorry,", "I am sorry,", "Apologies,", "Unfortunately,", "Hmm,", "")
+REFUSAL_PROBLEMS = (
+    "I could not hear what you said.",
+    "I cannot make out any words in that audio.",
+    "that sounded like noise to me, not speech.",
+    "I did not catch that.",
+    "the audio was not clear enough for me to understand.",
+)
+REFUSAL_REQUESTS = (
+    "Could you please repeat it?",
+    "Can you say that again?",
+    "Please try again.",
+    "Could you speak more clearly?",
+    "Would you mind repeating your question?",
+)
