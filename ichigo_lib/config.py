@@ -219,6 +219,33 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
+class Phase3DataConfig:
+    """Phase 3's inaudible input (notebook 05): random sound-token sequences, length-matched to
+    the spoken prompts, answered with refusals and mixed into the spoken multi-turn chats."""
+
+    inaudible_fraction: float = 0.15  # single-turn inaudible rows, as a fraction of all rows
+    mid_conversation_fraction: float = 0.1  # chats given an inaudible exchange between turns
+    eval_inaudible: int = 200  # held-out inaudible inputs (never trained on)
+    # "pool": the compositional phrasings of data.prompts; "endpoint": an OpenAI-compatible
+    # chat server writes them (upstream: Qwen2.5-72B), cached under the run
+    refusal_source: Literal["pool", "endpoint"] = "pool"
+    refusal_pool_size: int = 150  # distinct refusal phrasings to draw from
+    refusal_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (or $ICHIGO_REFUSAL_URL)
+    refusal_model: str | None = None  # served model name (or $ICHIGO_REFUSAL_MODEL)
+    refusal_api_key_env: str = "OPENAI_API_KEY"  # the key itself only ever comes from the env
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("inaudible_fraction", "mid_conversation_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"phase3_data.{name} must be in [0, 1), got {value}")
+        for name in ("eval_inaudible", "refusal_pool_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"phase3_data.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole resolved profile."""
 
@@ -230,7 +257,9 @@ class Config:
     data: DataConfig
     phase1: PhaseConfig
     phase2: PhaseConfig
+    phase3: PhaseConfig
     eval: EvalConfig
+    phase3_data: Phase3DataConfig = Phase3DataConfig()
     num_threads: int | None = None
     extends: str | None = field(default=None, compare=False)
 

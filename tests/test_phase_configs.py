@@ -25,6 +25,14 @@ PAPER = {
         "max_seq_len": 4096,
         "num_steps": 7400,
     },
+    "phase3": {
+        "global_batch": 256,
+        "lr": 1.5e-5,
+        "warmup_steps": 8,
+        "weight_decay": 0.005,
+        "max_seq_len": 4096,
+        "num_steps": 644,
+    },
 }
 COMMON = {
     "dtype": "bf16",
@@ -54,7 +62,7 @@ SCALE_KEYS = {
 }
 
 
-@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+@pytest.mark.parametrize("phase", ["phase1", "phase2", "phase3"])
 def test_full_phases_carry_the_writeup_values(phase):
     cfg = getattr(load_config("full"), phase)
     t = cfg.train
@@ -72,7 +80,7 @@ def test_full_phases_carry_the_writeup_values(phase):
 
 
 @pytest.mark.parametrize("profile", ["tiny", "smoke"])
-@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+@pytest.mark.parametrize("phase", ["phase1", "phase2", "phase3"])
 def test_small_profiles_override_only_sizes_steps_and_devices(profile, phase):
     full = getattr(load_config("full"), phase).train
     small = getattr(load_config(profile), phase).train
@@ -90,3 +98,14 @@ def test_checkpoint_period_must_divide_the_steps():
     with pytest.raises(ConfigError, match="checkpoint_every"):
         PhaseConfig(train=train, checkpoint_every=3)
     assert PhaseConfig(train=train, checkpoint_every=2).num_checkpoints == train.num_steps // 2
+
+
+def test_phase3_data_is_validated_naming_the_key():
+    with pytest.raises(ConfigError, match="phase3_data.inaudible_fraction"):
+        load_config("smoke", {"phase3_data.inaudible_fraction": 1.5})
+    with pytest.raises(ConfigError, match="phase3_data.refusal_pool_siz"):
+        load_config("smoke", {"phase3_data.refusal_pool_siz": 3})
+    with pytest.raises(ConfigError, match="phase3_data.eval_inaudible"):
+        load_config("smoke", {"phase3_data.eval_inaudible": 0})
+    assert load_config("tiny").phase3_data.inaudible_fraction == 0.15
+    assert load_config("full").phase3_data.refusal_source == "endpoint"
