@@ -201,3 +201,77 @@ class LiveLoss:
         else:
             self._handle.update(fig)
         plt.close(fig)
+
+
+def length_match(real: list[int], generated: list[int], title: str, path: str | Path | None = None):
+    """Overlaid length histograms (codes per user turn): real speech against generated input."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bins = np.histogram_bin_edges(np.concatenate([real, generated]), bins=30)
+    ax.hist(real, bins=bins, density=True, alpha=0.55, label=f"speech ({len(real)})")
+    ax.hist(generated, bins=bins, density=True, alpha=0.55, label=f"inaudible ({len(generated)})")
+    ax.set(xlabel="sound tokens per user turn", ylabel="density", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def loss_histograms(
+    losses: dict[str, dict[str, list[float]]], title: str, path: str | Path | None = None
+):
+    """One panel per model (outer keys): histograms of mean per-token loss per input kind."""
+    fig, axes = plt.subplots(1, len(losses), figsize=(4.2 * len(losses), 3.2), squeeze=False)
+    every = np.concatenate(
+        [np.asarray(v, float) for kinds in losses.values() for v in kinds.values()]
+    )
+    bins = np.histogram_bin_edges(every, bins=40)
+    for ax, (model, kinds) in zip(axes[0], losses.items(), strict=True):
+        for kind, values in kinds.items():
+            ax.hist(values, bins=bins, alpha=0.55, label=f"{kind} (mean {np.mean(values):.2f})")
+        ax.axvline(np.log(513), color="grey", ls="--", lw=1, label="uniform: ln 513")
+        ax.set(title=model, xlabel="mean loss per sound token (nats)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("sequences")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def projection_scatter(
+    panels: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+    title: str,
+    path: str | Path | None = None,
+):
+    """One 2-D scatter per model: ``(coords, labels, subtitle)``, coloured by label."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (model, (coords, labels, note)) in zip(axes[0], panels.items(), strict=True):
+        labels = np.asarray(labels)
+        for name in sorted(set(labels.tolist())):
+            pts = coords[labels == name]
+            ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.6, label=name)
+        ax.set(title=f"{model}\n{note}", xlabel="PC 1", ylabel="PC 2")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sweep_curves(
+    x: list[float],
+    curves: dict[str, list[float]],
+    xlabel: str,
+    title: str,
+    logx: bool = False,
+    path: str | Path | None = None,
+):
+    """Rates (0..1) against a swept quantity, one line per curve."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for name, ys in curves.items():
+        ax.plot(x, ys, "o-", lw=2, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=xlabel, ylabel="rate", ylim=(-0.03, 1.03), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

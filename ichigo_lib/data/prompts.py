@@ -15,11 +15,11 @@ TRANSCRIPTION_PROMPTS = (
     "Produce a text version of this audio recording",
 )
 
-# Inaudible input (phase 3): a refusal is an opening (or none), a problem and a request, e.g.
-# "Sorry, I did not catch that. Could you please repeat it?" (5 x 5 x 6 = 150 phrasings; no
+# Inaudible input (phase 3): a refusal is an opening, a problem and a request, e.g.
+# "Sorry, I did not catch that. Could you please repeat it?" (6 x 5 x 5 = 150 phrasings; no
 # apostrophes, so the tiny word tokenizer keeps every word whole). Upstream had Qwen2.5-72B
 # write its refusals; ``data.refusals`` builds the pool from these parts.
-REFUSAL_OPENINGS = ("Sorry,", "I am sorry,", "Apologies,", "Unfortunately,", "Hmm,", "")
+REFUSAL_OPENINGS = ("Sorry,", "I am sorry,", "Apologies,", "Unfortunately,", "Hmm,", "Hmm, sorry,")
 REFUSAL_PROBLEMS = (
     "I could not hear what you said.",
     "I cannot make out any words in that audio.",

@@ -1,0 +1,226 @@
+"""Refusals: what Ichigo answers when the sound it is given is not speech.
+
+Two sources, one format (a list of distinct phrasings):
+
+* :func:`refusal_pool` (``tiny``/``smoke``): every combination of an opening, a problem and a
+  request from :mod:`ichigo_lib.data.prompts` (150 phrasings), whose words are all in the tiny
+  world's vocabulary; a seeded sample of ``size`` of them.
+* :func:`generate_refusals` (``full``): an OpenAI-compatible chat server (upstream: Qwen2.5-72B
+  on vLLM, through Distilabel) writes them, one request per phrasing, through
+  :class:`~ichigo_lib.llm_client.ChatClient` (on-disk cache, retries, timeouts).
+
+:func:`is_refusal` decides whether a model's reply is a refusal (notebooks 05-07).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from ichigo_lib.config import Phase3DataConfig
+from ichigo_lib.data.prompts import REFUSAL_OPENINGS, REFUSAL_PROBLEMS, REFUSAL_REQUESTS
+from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointError
+
+URL_ENV = "ICHIGO_REFUSAL_URL"
+MODEL_ENV = "ICHIGO_REFUSAL_MODEL"
+MAX_REFUSAL_CHARS = 300
+
+# Phrases that mark a reply as "I could not hear / understand the audio" (normalised text).
+KEY_PHRASES = (
+    "could not hear",
+    "cannot hear",
+    "can not hear",
+    "couldnt hear",
+    "cant hear",
+    "unable to hear",
+    "not able to hear",
+    "did not catch",
+    "didnt catch",
+    "could not catch",
+    "could not understand",
+    "cannot understand",
+    "couldnt understand",
+    "cant understand",
+    "unable to understand",
+    "not clear enough",
+    "could not make out",
+    "cannot make out",
+    "cant make out",
+    "couldnt make out",
+    "unable to make out",
+    "inaudible",
+    "unintelligible",
+    "sounded like noise",
+    "sounds like noise",
+    "only noise",
+    "just noise",
+    "no speech",
+    "not speech",
+    "say that again",
+    "repeat your question",
+    "could you repeat",
+    "can you repeat",
+    "please repeat",
+)
+
+
+def normalise(text: str) -> str:
+    """Lower case, apostrophes dropped, other punctuation as spaces, spaces collapsed."""
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def all_refusals() -> list[str]:
+    """Every compositional phrasing, in a fixed order."""
+    out = []
+    for opening in REFUSAL_OPENINGS:
+        for problem in REFUSAL_PROBLEMS:
+            for request in REFUSAL_REQUESTS:
+                out.append(f"{opening} {problem} {request}")
+    return out
+
+
+def refusal_pool(size: int | None = None, seed: int = 0) -> list[str]:
+    """``size`` distinct phrasings (a seeded sample; all of them when ``size`` is None)."""
+    pool = all_refusals()
+    if size is None:
+        return pool
+    if not 1 <= size <= len(pool):
+        raise ValueError(f"refusal pool size must be in 1..{len(pool)}, got {size}")
+    return random.Random(f"refusals/{seed}").sample(pool, size)
+
+
+_POOL = frozenset(normalise(r) for r in all_refusals())
+
+
+def is_refusal(reply: str) -> bool:
+    """Whether ``reply`` says it could not hear/understand: a pool phrasing (normalised) or a
+    reply containing one of :data:`KEY_PHRASES`."""
+    text = normalise(reply)
+    if not text:
+        return False
+    return text in _POOL or any(phrase in text for phrase in KEY_PHRASES)
+
+
+def refusal_endpoint(cfg: Phase3DataConfig, **options) -> ChatEndpoint:
+    """The endpoint that writes refusals: ``cfg.refusal_url``/``refusal_model``, else
+    $ICHIGO_REFUSAL_URL/$ICHIGO_REFUSAL_MODEL; a clear error when neither is set."""
+    url = (cfg.refusal_url or "").strip() or os.environ.get(URL_ENV, "").strip()
+    model = (cfg.refusal_model or "").strip() or os.environ.get(MODEL_ENV, "").strip()
+    missing = [name for name, value in (("url", url), ("model", model)) if not value]
+    if missing:
+        raise EndpointError(
+            f"phase3_data.refusal_source is 'endpoint' but no refusal endpoint is configured "
+            f"(missing {' and '.join(missing)}). Point it at any OpenAI-compatible server (e.g. "
+            f"vLLM serving Qwen2.5-72B-Instruct at http://127.0.0.1:8000/v1): set "
+            f"phase3_data.refusal_url and phase3_data.refusal_model, or export {URL_ENV} and "
+            f"{MODEL_ENV}; or use refusal_source 'pool'."
+        )
+    return ChatEndpoint(url=url, model=model, api_key_env=cfg.refusal_api_key_env, **options)
+
+
+# What the writer is told: varied situations and tones give varied phrasings.
+SITUATIONS = (
+    "only background noise",
+    "silence with some static",
+    "garbled, distorted sound",
+    "sounds that are not human speech",
+    "a recording too faint to make out",
+    "random noise",
+    "speech too muffled to understand",
+    "a broken, cut-up recording",
+)
+TONES = ("polite", "friendly", "brief", "apologetic", "warm", "plain", "helpful", "calm")
+
+
+def refusal_request(index: int) -> list[dict[str, str]]:
+    """The chat that asks for the ``index``-th refusal (varied so cached replies differ)."""
+    situation = SITUATIONS[index % len(SITUATIONS)]
+    tone = TONES[(index // len(SITUATIONS)) % len(TONES)]
+    return [
+        {"role": "system", "content": "You write the replies of a voice assistant."},
+        {
+            "role": "user",
+            "content": (
+                f"A user sent the assistant an audio message, but it contained {situation}. "
+                f"Write the assistant's {tone} reply in one or two short sentences: say that "
+                f"it could not hear or understand the audio and ask the user to try again. "
+                f"Do not mention these instructions. Variant {index + 1}. Reply with the text "
+                f"only, without quotes."
+            ),
+        },
+    ]
+
+
+def clean_refusal(text: str) -> str | None:
+    """A written refusal stripped of quotes and space, or ``None`` when it is not usable (empty,
+    several paragraphs, longer than :data:`MAX_REFUSAL_CHARS`, or not a refusal)."""
+    text = text.strip().strip("\"'\u201c\u201d").strip()
+    if not text or "\n" in text or len(text) > MAX_REFUSAL_CHARS or not is_refusal(text):
+        return None
+    return text
+
+
+def generate_refusals(
+    client: ChatClient, n: int, max_requests: int | None = None
+) -> tuple[list[str], int]:
+    """``n`` distinct refusals written by ``client``'s model; returns them and the number of
+    unusable replies (see :func:`clean_refusal`; duplicates count too).
+
+    Requests go out in rounds of the missing count, up to ``max_requests`` in all (default
+    ``3 n``); an endpoint that fails after its retries raises ``EndpointError``, as does one
+    whose replies stay unusable.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    max_requests = 3 * n if max_requests is None else max_requests
+    seen: dict[str, str] = {}
+    rejected = sent = 0
+    while len(seen) < n:
+        batch = min(n - len(seen), max_requests - sent)
+        if batch <= 0:
+            raise EndpointError(
+                f"{client.endpoint.completions_url} ({client.endpoint.model}): only {len(seen)} "
+                f"usable distinct refusals out of {sent} replies ({rejected} unusable); "
+                f"wanted {n}"
+            )
+        replies = client.complete_many([refusal_request(sent + i) for i in range(batch)])
+        sent += batch
+        for reply in replies:
+            text = clean_refusal(reply)
+            if text is None or normalise(text) in seen:
+                rejected += 1
+            else:
+                seen[normalise(text)] = text
+    return list(seen.values()), rejected
+
+
+def refusals_for(
+    cfg: Phase3DataConfig, cache_dir: str | Path, **endpoint_options
+) -> tuple[list[str], dict[str, int | str]]:
+    """The phrasings a profile asks for (``refusal_source``), with a summary for the manifest."""
+    if cfg.refusal_source == "pool":
+        pool = refusal_pool(cfg.refusal_pool_size, cfg.seed)
+        return pool, {"source": "pool", "phrasings": len(pool)}
+    client = ChatClient(refusal_endpoint(cfg, **endpoint_options), cache_dir)
+    written, rejected = generate_refusals(client, cfg.refusal_pool_size)
+    summary = {
+        "source": f"endpoint {client.endpoint.model}",
+        "phrasings": len(written),
+        "rejected_replies": rejected,
+        "requests": client.requests,
+        "cache_hits": client.cache_hits,
+    }
+    return written, summary
+
+
+def untokenizable(tokenizer, texts: Iterable[str]) -> list[str]:
+    """Texts that ``tokenizer`` (transformers) can only encode with its unknown token: a word-level
+    tiny tokenizer whose vocabulary lacks words of the refusals (an old notebook-00 run)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    return [t for t in texts if unk in tokenizer(t, add_special_tokens=False)["input_ids"]]
