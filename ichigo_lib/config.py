@@ -96,8 +96,66 @@ class MCConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """Who rates answers to spoken instructions 0-5 (AudioBench rubric).
+
+    ``reference``: the deterministic reference-match judge (toy profiles). ``endpoint``: an LLM
+    behind any OpenAI-compatible server; ``url``/``model`` may be left empty and come from
+    $ICHIGO_JUDGE_URL / $ICHIGO_JUDGE_MODEL or ``ichigo eval --judge-url``. The API key is read
+    only from the environment variable named by ``api_key_env``, never from a profile.
+    """
+
+    kind: Literal["reference", "endpoint"] = "reference"
+    url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    backoff_s: float = 1.0  # wait before retry i: backoff_s * 2**i
+    cache: bool = True  # replies cached under the run, so a re-run costs nothing
+
+    def __post_init__(self):
+        if not self.api_key_env.replace("_", "").isalnum() or self.api_key_env[0].isdigit():
+            raise ConfigError(
+                f"eval.judge.api_key_env must name an environment variable (e.g. "
+                f"OPENAI_API_KEY), got {self.api_key_env[:4]!r}...; never put the key itself "
+                f"in a profile"
+            )
+        if self.concurrency < 1 or self.timeout_s <= 0 or min(self.max_retries, self.backoff_s) < 0:
+            raise ConfigError(
+                f"eval.judge needs concurrency >= 1, timeout_s > 0 and max_retries >= 0, got "
+                f"{self.concurrency}, {self.timeout_s}, {self.max_retries}"
+            )
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"eval.judge.url must start with http:// or https://: {self.url!r}")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """Time to first token, early fusion vs cascade, on the same spoken clips."""
+
+    clips: int = 20
+    warmup: int = 1  # dropped calls before timing (the paper drops the first run)
+    repeats: int = 1
+
+    def __post_init__(self):
+        if self.clips < 2 or self.warmup < 0 or self.repeats < 1:
+            raise ConfigError(
+                f"eval.latency needs clips >= 2, warmup >= 0, repeats >= 1, got {self.clips}, "
+                f"{self.warmup}, {self.repeats}"
+            )
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     mc: MCConfig
+    judge: JudgeConfig = JudgeConfig()
+    latency: LatencyConfig = LatencyConfig()
+    max_new_tokens: int = 32  # greedy reply length for judged, transcribed and refusal replies
+    batch_size: int = 64  # prompts per generate() batch
+    items: int | None = None  # held-out items per set (None: all of them)
+    device: str = "cpu"  # where replies are generated and latency is timed
 
 
 @dataclass(frozen=True)
@@ -113,11 +171,13 @@ class SpeechCorpusConfig:
 
 @dataclass(frozen=True)
 class TinyVQArch:
-    """The tiny WhisperVQ: Whisper-style encoder, bottleneck, character CTC head."""
+    """The tiny WhisperVQ: Whisper-style encoder, bottleneck, character decoder + CTC head."""
 
     n_state: int = 128
     n_head: int = 4
     encoder_layers: int = 3
+    decoder_layers: int = 2  # 0: transcribe with the CTC head alone
+    text_ctx: int = 256  # decoder positions: the longest transcript + 3
     bottleneck_depth: int = 1
     codebook_dim: int = 32
     vq_codes: int = 512

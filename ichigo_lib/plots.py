@@ -80,11 +80,14 @@ def code_usage(codes: list[np.ndarray], num_codes: int, title: str, path: str | 
 
 
 def vq_training(history: list[dict], quantizer_start: int, path: str | Path | None = None):
-    """Tiny WhisperVQ training: transcription and CTC loss, and active codes, per step."""
+    """Tiny WhisperVQ training: transcription (decoder, CTC) and commitment losses, and active
+    codes, per step."""
     steps = [h["step"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, label in (("ctc", "CTC transcription"), ("commit", "commitment")):
-        left.plot(steps, [h[key] for h in history], lw=1, label=label)
+    curves = (("decoder_ce", "decoder (per char)"), ("ctc", "CTC"), ("commit", "commitment"))
+    for key, label in curves:
+        if key in history[0]:
+            left.plot(steps, [h[key] for h in history], lw=1, label=label)
     left.axvline(quantizer_start, color="grey", ls="--", lw=1, label="quantizer on")
     left.set(xlabel="step", ylabel="loss (nats)", yscale="log", title="losses")
     left.legend(fontsize=8)
@@ -201,6 +204,52 @@ class LiveLoss:
         else:
             self._handle.update(fig)
         plt.close(fig)
+
+
+def knowledge_formulations(
+    scores: dict[str, dict[str, float]],
+    paper: dict[str, float],
+    title: str,
+    path: str | Path | None = None,
+):
+    """MC accuracy per model: this run's cloze and letter bars beside the paper's MMLU."""
+    names = list(scores)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    series = [
+        ("cloze (this run)", [scores[n]["cloze"] for n in names], "#4a6fa5"),
+        ("letter (this run)", [scores[n]["letter"] for n in names], "#9bb7d4"),
+        ("paper (MMLU)", [paper.get(n, np.nan) for n in names], "#d08c60"),
+    ]
+    width = 0.8 / len(series)
+    for i, (label, values, color) in enumerate(series):
+        bars = ax.bar(x + (i - 1) * width, values, width, label=label, color=color)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set(xticks=x, xticklabels=names, ylim=(0, 1.05), ylabel="5-shot MC accuracy", title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncols=3, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def latency_bars(
+    ours: dict[str, tuple[float, float]],
+    paper: dict[str, tuple[float, float]],
+    title: str,
+    path: str | Path | None = None,
+):
+    """Time to first token (mean ± std, ms) of early fusion and the cascade: this run, paper."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, values, label in ((axes[0], ours, "this run"), (axes[1], paper, "paper (8B, GPU)")):
+        names = list(values)
+        means = [values[n][0] for n in names]
+        bars = ax.bar(names, means, yerr=[values[n][1] for n in names], capsize=4, color="#4a6fa5")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set(title=label, ylabel="ms")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def length_match(real: list[int], generated: list[int], title: str, path: str | Path | None = None):

@@ -142,6 +142,52 @@ def test_ctc_codec_round_trip():
         codec.encode("héllo")
 
 
+def test_decoder_vocab_sequences_and_decoding():
+    vocab = whispervq.DecoderVocab(whispervq.CharCodec("ab "), ("en", "de"))
+    seq = vocab.sequence("ab a", "de")
+    assert seq[:2] == [vocab.sot, vocab.lang("de")] and seq[-1] == vocab.eot
+    assert len({vocab.sot, vocab.eot, vocab.lang("en"), vocab.lang("de")}) == 4
+    assert max(seq) < vocab.n_vocab and vocab.decode(seq[2:] + [1, 2]) == "ab a"
+    with pytest.raises(ValueError, match="'fr'"):
+        vocab.lang("fr")
+
+
+def test_ctc_only_format_1_file_still_loads_and_transcribes(tmp_path):
+    arch = TinyVQArch(n_state=32, n_head=2, encoder_layers=1, codebook_dim=8, decoder_layers=0)
+    model = train_vq.build_tiny_whispervq(arch, whispervq.CharCodec("ab"), seed=0).eval()
+    path = model.save(tmp_path / "ctc.model")
+    assert torch.load(path, weights_only=True)["ichigo"]["format_version"] == 1
+    loaded = whispervq.load_whispervq(path)
+    assert loaded.decoder is None
+    codes = loaded.encode([_tone(1.0)])
+    assert loaded.transcribe(codes, ["en"]) == model.transcribe(codes, ["en"])
+
+
+def test_greedy_decoding_stops_at_end_of_text_and_batches_like_one_by_one(tiny_vq):
+    codes = tiny_vq.encode([_tone(1.0), _tone(2.5, seed=3), _tone(0.6, seed=4)])
+    langs = ["en", "de", "fr"]
+    together = tiny_vq.transcribe(codes, langs, batch_size=3)
+    alone = [tiny_vq.transcribe([c], [g])[0] for c, g in zip(codes, langs, strict=True)]
+    assert together == alone
+    assert all(len(t) <= 2 * len(c) for t, c in zip(together, codes, strict=True))
+
+
+def test_decoder_learns_to_transcribe_a_tiny_corpus():
+    """The whole objective trains: after a few hundred steps on 2 short sentences the greedy
+    decoder reads them back from the codes alone."""
+    texts = ["the cat", "a red dog"]
+    voice = tts.Voice("en", tts.ESPEAK_VOICES["en"][0], "m3", 160)
+    clips = tts.synthesize_many(texts, [voice, voice], num_workers=1)
+    utts = [train_vq.Utterance(t, "en", "v", c) for t, c in zip(texts, clips, strict=True)]
+    model = train_vq.build_tiny_whispervq(ARCH, whispervq.CharCodec.from_texts(texts))
+    cfg = VQTrainConfig(
+        num_steps=150, batch_seconds=4.0, lr=3e-3, warmup_steps=5, quantizer_start_step=60
+    )
+    history = train_vq.train_tiny_whispervq(model, utts, cfg, progress=False)
+    assert history[-1]["decoder_ce"] < 0.5 * history[0]["decoder_ce"]
+    assert model.transcribe(model.encode(clips), ["en", "en"]) == texts
+
+
 def test_training_runs_switches_on_the_quantizer_and_uses_the_codebook():
     rng = random.Random(0)
     texts = ["the cat", "a dog", "the red fox", "my friend"] * 3

@@ -171,6 +171,30 @@ class AudioEncoder(nn.Module):
         return self.ln_post(x)
 
 
+class TextDecoder(nn.Module):
+    """Whisper's text decoder (openai-whisper names): tokens attend causally to themselves and,
+    through cross-attention, to the audio features; logits tied to the token embedding."""
+
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
+        super().__init__()
+        self.n_ctx = n_ctx
+        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        self.positional_embedding = nn.Parameter(torch.zeros(n_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)
+        )
+        self.ln = LayerNorm(n_state)
+
+    def forward(self, tokens: Tensor, xa: Tensor, xa_mask: Tensor | None = None) -> Tensor:
+        """Logits (batch, len, n_vocab) for ``tokens`` (batch, len) given audio ``xa``."""
+        if tokens.shape[1] > self.n_ctx:
+            raise ValueError(f"{tokens.shape[1]} decoder tokens exceed the context of {self.n_ctx}")
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x, xa, xa_mask=xa_mask, causal=True)
+        return (self.ln(x) @ self.token_embedding.weight.T).float()
+
+
 def l2norm(x: Tensor) -> Tensor:
     return F.normalize(x, p=2, dim=-1)
 

@@ -2,13 +2,14 @@
 
 Upstream freezes a pretrained Whisper and trains only the bottleneck so that Whisper's decoder
 can still transcribe from the quantized codes. With no pretrained Whisper at tiny scale, the
-small encoder and bottleneck are trained together, from scratch, on that objective: transcribe
-from the quantized bottleneck, here with a character CTC head (plus the quantizer's commitment
-loss). An autoregressive character decoder was tried first: in a CPU budget it learnt the
-sentence templates before the audio and its transcripts ignored the codes; CTC reads the codes
-frame by frame and cannot fall back on a prior. The quantizer is switched on after
-``quantizer_start_step`` steps, its codebook initialised by k-means on the features it then
-sees, and updated by EMA with dead-code revival (as vector-quantize-pytorch does).
+small encoder, bottleneck and a character-level Whisper-style decoder are trained together, from
+scratch, on that objective: transcribe from the quantized bottleneck (plus the quantizer's
+commitment loss). The decoder is prompted with a language token, as Whisper's. Alone, in a CPU
+budget, it learnt the sentence templates before the audio and ignored the codes; a CTC head on
+the same bottleneck features (and an auxiliary one on the encoder) forces the codes to carry
+every character frame by frame, and the decoder then adds spelling. The quantizer is switched
+on after ``quantizer_start_step`` steps, its codebook initialised by k-means on the features it
+then sees, and updated by EMA with dead-code revival (as vector-quantize-pytorch does).
 """
 
 from __future__ import annotations
@@ -25,22 +26,31 @@ from torch import Tensor, nn
 
 from ichigo_lib.config import TinyVQArch, VQTrainConfig
 from ichigo_lib.speech import audio as A
-from ichigo_lib.speech.modules import AudioEncoder, Bottleneck
-from ichigo_lib.speech.whispervq import CharCodec, WhisperVQ
+from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
+from ichigo_lib.speech.whispervq import CharCodec, DecoderVocab, WhisperVQ
+from ichigo_lib.world import LANGUAGES
 
 DOWNSAMPLE = 2  # 50 Hz encoder frames -> 25 Hz tokens, as WhisperVQ
 
 
-def build_tiny_whispervq(arch: TinyVQArch, codec: CharCodec, seed: int = 0) -> WhisperVQ:
+def build_tiny_whispervq(
+    arch: TinyVQArch, codec: CharCodec, seed: int = 0, languages: Sequence[str] = LANGUAGES
+) -> WhisperVQ:
     """A randomly initialised tiny WhisperVQ whose file format matches the real checkpoints."""
     torch.manual_seed(seed)
     head_width = arch.n_state // arch.n_head
+    vocab = DecoderVocab(codec, tuple(languages))
     dims = {
         "n_mels": A.N_MELS,
         "n_audio_ctx": 1500,
         "n_audio_state": arch.n_state,
         "n_audio_head": arch.n_head,
         "n_audio_layer": arch.encoder_layers,
+        "n_vocab": vocab.n_vocab,
+        "n_text_ctx": arch.text_ctx,
+        "n_text_state": arch.n_state,
+        "n_text_head": arch.n_head,
+        "n_text_layer": arch.decoder_layers,
     }
     config = {  # RQBottleneckTransformer's constructor arguments
         "vq_codes": arch.vq_codes,
@@ -69,6 +79,13 @@ def build_tiny_whispervq(arch: TinyVQArch, codec: CharCodec, seed: int = 0) -> W
         codebook_decay=arch.codebook_decay,
     )
     ctc_head = nn.Linear(arch.n_state, codec.n_vocab)
+    decoder = None
+    if arch.decoder_layers:
+        decoder = TextDecoder(
+            vocab.n_vocab, arch.text_ctx, arch.n_state, arch.n_head, arch.decoder_layers
+        )
+        decoder.apply(_init_weights)
+        nn.init.normal_(decoder.positional_embedding, std=0.01)
     for module in (encoder, bottleneck):
         module.apply(_init_weights)
     # The cosine codebook works on unit vectors (components ~ 1/sqrt(codebook_dim)); without
@@ -82,7 +99,7 @@ def build_tiny_whispervq(arch: TinyVQArch, codec: CharCodec, seed: int = 0) -> W
     for p in [*bottleneck.mlp.parameters(), *bottleneck.mlp_ln.parameters()]:
         p.requires_grad_(False)
     spec = {"config": config, "tunables": tunables, "_dims": dims}
-    return WhisperVQ(encoder, bottleneck, ctc_head, "clip", spec, codec)
+    return WhisperVQ(encoder, bottleneck, ctc_head, "clip", spec, codec, decoder, languages)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -138,12 +155,20 @@ def _lr_lambda(cfg: VQTrainConfig):
 
 
 class _Batch:
-    """Padded log-mels, valid frames per clip, and the CTC targets of one batch."""
+    """Padded log-mels, valid frames per clip, the CTC targets and, with a decoder, its padded
+    input/target transcripts (the language token after start-of-transcript is given, not
+    predicted; -100 targets are ignored)."""
 
-    def __init__(self, mels: list[Tensor], texts: list[list[int]]):
+    def __init__(self, mels: list[Tensor], texts: list[list[int]], seqs: list[list[int]]):
         self.mel, self.frames = A.pad_mels(mels)
         self.targets = torch.tensor([c for t in texts for c in t])
         self.target_lengths = torch.tensor([len(t) for t in texts])
+        width = max((len(q) for q in seqs), default=1) - 1
+        self.dec_in = torch.zeros(len(seqs), width, dtype=torch.long)
+        self.dec_out = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for i, q in enumerate(seqs):
+            self.dec_in[i, : len(q) - 1] = torch.tensor(q[:-1])
+            self.dec_out[i, 1 : len(q) - 1] = torch.tensor(q[2:])
 
 
 def _ctc(head: nn.Linear, x: Tensor, lengths: Tensor, batch: _Batch) -> Tensor:
@@ -174,9 +199,16 @@ def _forward(model: WhisperVQ, aux: nn.Linear, batch: _Batch, quantize: bool, cf
         commit = F.mse_loss(x[valid], q[valid])
         book.ema_update(flat, codes[valid], bn.vq_codes)
         x = x + (q - x).detach()
-    ctc = _ctc(model.ctc_head, bn.dequantize(x, tokens), tokens * DOWNSAMPLE, batch)
+    xa = bn.dequantize(x, tokens)
+    ctc = _ctc(model.ctc_head, xa, tokens * DOWNSAMPLE, batch)
     loss = ctc + cfg.aux_ctc_weight * aux_ctc + cfg.commitment_weight * commit
-    return loss, {"ctc": ctc.item(), "aux_ctc": aux_ctc.item(), "commit": commit.item()}
+    parts = {"ctc": ctc.item(), "aux_ctc": aux_ctc.item(), "commit": commit.item()}
+    if model.decoder is not None:
+        logits = model.decoder(batch.dec_in, xa, key_mask(tokens * DOWNSAMPLE, xa.shape[1]))
+        decoder_ce = F.cross_entropy(logits.transpose(1, 2), batch.dec_out, ignore_index=-100)
+        loss = loss + decoder_ce
+        parts["decoder_ce"] = decoder_ce.item()
+    return loss, parts
 
 
 def train_tiny_whispervq(
@@ -189,6 +221,13 @@ def train_tiny_whispervq(
         raise ValueError(f"{len(over)} training clips exceed 30 s, e.g. {over[0].text!r}")
     mels = [A.log_mel(u.audio) for u in train]
     texts = [codec.encode(u.text) for u in train]
+    seqs = [model.vocab.sequence(u.text, u.lang) for u in train] if model.vocab else []
+    if seqs and max(map(len, seqs)) > model.decoder.n_ctx:
+        long = max(train, key=lambda u: len(u.text))
+        raise ValueError(
+            f"transcript of {len(long.text)} characters exceeds the decoder context "
+            f"({model.decoder.n_ctx - 3}): {long.text[:60]!r}...; raise speech.arch.text_ctx"
+        )
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     aux = nn.Linear(model.encoder.ln_post.normalized_shape[0], codec.n_vocab)
@@ -204,7 +243,9 @@ def train_tiny_whispervq(
         if not batches:
             batches = length_batches([u.seconds for u in train], cfg.batch_seconds, rng)
         idx = batches.pop()
-        batch = _Batch([mels[i] for i in idx], [texts[i] for i in idx])
+        batch = _Batch(
+            [mels[i] for i in idx], [texts[i] for i in idx], [seqs[i] for i in idx] if seqs else []
+        )
         loss, parts = _forward(model, aux, batch, step >= cfg.quantizer_start_step, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,6 +258,8 @@ def train_tiny_whispervq(
         history.append(
             record | {"codes_active": used, "audio_seconds": float(batch.frames.sum()) / 100}
         )
-        bar.set_postfix(ctc=f"{parts['ctc']:.3f}", codes=used)
+        bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in parts.items() if k != "aux_ctc"} | {"codes": used}
+        )
     model.eval()
     return history

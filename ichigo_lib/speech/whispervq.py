@@ -5,8 +5,9 @@ File format (WhisperSpeech's ``RQBottleneckTransformer.save_model``): a ``torch.
 (the bottleneck). The Whisper encoder/decoder are not in the file: WhisperSpeech loads them by
 name with openai-whisper. The tiny quantizer trained in notebook 01 adds one key, ``ichigo``,
 holding its own small Whisper (``dims`` + ``model_state_dict``, openai-whisper's checkpoint
-layout), its character alphabet and ``window: "clip"``. WhisperSpeech ignores the extra key; we
-load either kind through :func:`load_whispervq`.
+layout: the encoder and, since format 2, a character-level text decoder), its character
+alphabet, the decoder's languages, a CTC head and ``window: "clip"``. WhisperSpeech ignores the
+extra key; we load either kind through :func:`load_whispervq`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ichigo_lib.speech import audio as A
-from ichigo_lib.speech.modules import AudioEncoder, Bottleneck
+from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
 
 # openai-whisper's download table (the sha256 of each file is in its URL).
 WHISPER_URLS = {
@@ -74,6 +75,45 @@ class CharCodec:
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> CharCodec:
         return cls("".join(sorted(set("".join(texts)))))
+
+
+@dataclass(frozen=True)
+class DecoderVocab:
+    """Ids of the tiny quantizer's text decoder, Whisper-style: the characters of ``codec``
+    (its id 0, CTC's blank, pads), then start-of-transcript, end-of-text and one token per
+    language; a transcript is ``[sot, language, characters..., eot]``."""
+
+    codec: CharCodec
+    languages: tuple[str, ...]
+
+    @property
+    def sot(self) -> int:
+        return self.codec.n_vocab
+
+    @property
+    def eot(self) -> int:
+        return self.codec.n_vocab + 1
+
+    @property
+    def n_vocab(self) -> int:
+        return self.codec.n_vocab + 2 + len(self.languages)
+
+    def lang(self, lang: str) -> int:
+        if lang not in self.languages:
+            raise ValueError(f"language {lang!r} is not one of the decoder's {self.languages}")
+        return self.eot + 1 + self.languages.index(lang)
+
+    def sequence(self, text: str, lang: str) -> list[int]:
+        return [self.sot, self.lang(lang), *self.codec.encode(text), self.eot]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Characters up to the first end-of-text."""
+        out = []
+        for i in ids:
+            if i == self.eot:
+                break
+            out.append(self.codec.alphabet[i - 1])
+        return "".join(out)
 
 
 def whisper_checkpoint(name_or_path: str, root: str | Path | None = None) -> dict:
@@ -143,7 +183,7 @@ class WhisperVQ(nn.Module):
     """Whisper encoder + quantized bottleneck: audio in, sound tokens out.
 
     Transcribing from the codes uses Whisper's decoder for real checkpoints and, for the tiny
-    quantizer, its CTC head (``ctc_head``) on the dequantized bottleneck.
+    quantizer, its own character decoder (greedy), or the CTC head of format-1 files.
     """
 
     def __init__(
@@ -154,14 +194,18 @@ class WhisperVQ(nn.Module):
         window: str,
         spec: dict,
         codec: CharCodec | None = None,
+        decoder: TextDecoder | None = None,
+        languages: Sequence[str] = (),
     ):
         super().__init__()
         if window not in ("window", "clip"):
             raise ValueError(f"window must be 'window' or 'clip', got {window!r}")
         self.encoder, self.bottleneck, self.ctc_head = encoder, bottleneck, ctc_head
+        self.decoder = decoder
         self.window = window
         self.spec = spec  # config/tunables/ichigo metadata, for save()
         self.codec = codec
+        self.vocab = DecoderVocab(codec, tuple(languages)) if decoder is not None else None
 
     @property
     def vq_codes(self) -> int:
@@ -216,19 +260,54 @@ class WhisperVQ(nn.Module):
 
     # -- decoding back to text --------------------------------------------------------------
     @torch.inference_mode()
-    def transcribe(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
+    def transcribe(
+        self, codes: Sequence[np.ndarray], langs: Sequence[str], batch_size: int = 64
+    ) -> list[str]:
         """Transcripts decoded from the codes alone (through the dequantized bottleneck)."""
         if self.ctc_head is None or self.codec is None:
             return self._whisper_transcribe(codes, langs)
+        if len(codes) != len(langs):
+            raise ValueError(f"{len(codes)} code sequences but {len(langs)} languages")
+        order = sorted(range(len(codes)), key=lambda i: len(codes[i]))
+        out: dict[int, str] = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            texts = self._transcribe_batch([codes[i] for i in idx], [langs[i] for i in idx])
+            out |= dict(zip(idx, texts, strict=True))
+        return [out[i] for i in range(len(codes))]
+
+    def _transcribe_batch(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
         device = next(self.parameters()).device
         lengths = torch.tensor([len(c) for c in codes], device=device)
         batch = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long, device=device)
         for i, c in enumerate(codes):
             batch[i, : len(c)] = torch.as_tensor(np.asarray(c), device=device)
         xa = self.bottleneck.dequantize(self.bottleneck.code_vectors(batch), lengths)
+        frames = lengths * self.bottleneck.downsample
+        if self.decoder is not None:
+            return self._greedy(xa, key_mask(frames, xa.shape[1]), langs, frames)
         best = self.ctc_head(xa).argmax(-1)
-        keep = (lengths * self.bottleneck.downsample).tolist()
-        return [self.codec.decode_ctc(b[:k].tolist()) for b, k in zip(best, keep, strict=True)]
+        return [
+            self.codec.decode_ctc(b[:k].tolist())
+            for b, k in zip(best, frames.tolist(), strict=True)
+        ]
+
+    def _greedy(self, xa: Tensor, xa_mask, langs: Sequence[str], max_chars: Tensor) -> list[str]:
+        """Greedy decoding from ``[sot, language]`` until every row has emitted end-of-text or
+        ``max_chars`` characters (one per 20 ms frame, far above any speech rate)."""
+        v = self.vocab
+        tokens = torch.tensor([[v.sot, v.lang(g)] for g in langs], device=xa.device)
+        allowed = torch.full((v.n_vocab,), float("-inf"), device=xa.device)
+        allowed[1 : v.eot + 1] = 0.0  # characters and end-of-text
+        allowed[v.sot] = float("-inf")
+        limits = (max_chars + 2).clamp(max=self.decoder.n_ctx)
+        done = limits <= tokens.shape[1]
+        while not bool(done.all()):
+            logits = self.decoder(tokens, xa, xa_mask)[:, -1] + allowed
+            nxt = torch.where(done, v.eot, logits.argmax(-1))
+            tokens = torch.cat([tokens, nxt[:, None]], 1)
+            done |= (nxt == v.eot) | (limits <= tokens.shape[1])
+        return [v.decode(t[2:].tolist()) for t in tokens]
 
     def _whisper_transcribe(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
         """Real checkpoints: decode with openai-whisper's decoder, as WhisperSpeech does."""
@@ -269,12 +348,15 @@ class WhisperVQ(nn.Module):
         spec["state_dict"] = self.bottleneck.state_dict()
         if self.window == "clip":
             whisper_sd = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+            if self.decoder is not None:
+                whisper_sd |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
             spec["ichigo"] = {
-                "format_version": 1,
+                "format_version": 1 if self.decoder is None else 2,
                 "window": "clip",
                 "whisper": {"dims": self.spec["_dims"], "model_state_dict": whisper_sd},
                 "ctc_head": self.ctc_head.state_dict(),
                 "alphabet": self.codec.alphabet,
+                "languages": list(self.vocab.languages if self.vocab else ()),
             }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(spec, tmp)
@@ -327,6 +409,19 @@ def _load_bottleneck_state(bottleneck: Bottleneck, state: dict, source: str) -> 
         )
 
 
+def _text_decoder(ckpt: dict) -> TextDecoder | None:
+    """The character decoder of a format-2 tiny quantizer (None in format 1)."""
+    sd = {k[8:]: v for k, v in ckpt["model_state_dict"].items() if k.startswith("decoder.")}
+    if not sd:
+        return None
+    d = ckpt["dims"]
+    decoder = TextDecoder(
+        d["n_vocab"], d["n_text_ctx"], d["n_text_state"], d["n_text_head"], d["n_text_layer"]
+    )
+    decoder.load_state_dict(sd)
+    return decoder
+
+
 def _whisper_encoder(ckpt: dict) -> AudioEncoder:
     d = ckpt["dims"]
     encoder = AudioEncoder(
@@ -366,7 +461,16 @@ def load_whispervq(
         head = nn.Linear(ckpt["dims"]["n_audio_state"], codec.n_vocab)
         head.load_state_dict(ichigo["ctc_head"])
         meta |= {"_dims": ckpt["dims"]}
-        model = WhisperVQ(_whisper_encoder(ckpt), bottleneck, head, ichigo["window"], meta, codec)
+        model = WhisperVQ(
+            _whisper_encoder(ckpt),
+            bottleneck,
+            head,
+            ichigo["window"],
+            meta,
+            codec,
+            _text_decoder(ckpt),
+            ichigo.get("languages", ()),
+        )
     else:
         ckpt = whisper_checkpoint(
             str(whisper or spec["config"]["whisper_model_name"]), whisper_root
