@@ -56,8 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--run-dir", default="runs")
     data.add_argument("--shard-range", help='shard ids "start:stop" for this job, e.g. 0:16')
     data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ev = sub.add_parser(
+        "eval",
+        help="run notebook 07's evaluation headless on the finished runs of a profile and "
+        "write a JSON report",
+    )
+    ev.add_argument("--profile", default="tiny")
+    ev.add_argument("--run-dir", default="runs")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    ev.add_argument("--judge-model", help="judge model name at that endpoint")
+    ev.add_argument(
+        "--out", help="report path (default <run-dir>/<profile>/eval_report/report.json)"
+    )
     args = parser.parse_args(argv)
     overrides = _overrides(args.set)
+    if args.command == "eval":
+        return _evaluate(args, overrides)
     if args.command == "data":
         from ichigo_lib.data.build import speak_shards
 
@@ -81,6 +96,36 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_execute:
             runner.run_all(args.profile, args.run_dir, None, overrides, args.force)
         runner.build_book(args.profile, args.run_dir)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, overrides: dict) -> int:
+    """``ichigo eval``: the same library calls as notebook 07, without a notebook."""
+    import json
+    from pathlib import Path
+
+    from ichigo_lib.config import load_config
+    from ichigo_lib.evaluate import report as R
+    from ichigo_lib.runs import _quiet_library_progress_bars, repo_root
+
+    cfg = load_config(args.profile, overrides)
+    run_dir = Path(args.run_dir)
+    run_dir = run_dir if run_dir.is_absolute() else repo_root() / run_dir
+    work = run_dir / cfg.profile / "eval_report"
+    out = Path(args.out) if args.out else work / "report.json"
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    _quiet_library_progress_bars()
+    inputs = R.EvalInputs.from_manifests(R.manifest_reader(run_dir, cfg.profile))
+    judge = R.make_judge(cfg.eval.judge, work / "judge_cache", args.judge_url, args.judge_model)
+    print(f"ichigo eval | profile {cfg.profile} | judge {judge.name} | report -> {out}")
+    report = R.evaluate_all(inputs, cfg, judge, work)
+    report["metrics"] = R.flat_metrics(report)
+    R.write_report(report, out)
+    print(json.dumps(report["metrics"], indent=2, sort_keys=True))
+    print(f"report: {out}")
     return 0
 
 
