@@ -164,11 +164,15 @@ def test_ctc_only_format_1_file_still_loads_and_transcribes(tmp_path):
 
 
 def test_greedy_decoding_stops_at_end_of_text_and_batches_like_one_by_one(tiny_vq):
-    codes = tiny_vq.encode([_tone(1.0), _tone(2.5, seed=3), _tone(0.6, seed=4)])
+    codes = tiny_vq.encode([_tone(0.5), _tone(1.2, seed=3), _tone(0.3, seed=4)])
     langs = ["en", "de", "fr"]
-    together = tiny_vq.transcribe(codes, langs, batch_size=3)
-    alone = [tiny_vq.transcribe([c], [g])[0] for c, g in zip(codes, langs, strict=True)]
-    assert together == alone
+    for weight in (0.0, 0.5):
+        together = tiny_vq.transcribe(codes, langs, batch_size=3, ctc_weight=weight)
+        alone = [
+            tiny_vq.transcribe([c], [g], ctc_weight=weight)[0]
+            for c, g in zip(codes, langs, strict=True)
+        ]
+        assert together == alone
     assert all(len(t) <= 2 * len(c) for t, c in zip(together, codes, strict=True))
 
 
@@ -258,3 +262,34 @@ def test_speech_config_is_validated():
     with pytest.raises(ConfigError, match="speech.train.num_step"):
         load_config("tiny", {"speech.train.num_step": 3})
     assert load_config("full").speech.quantizer.endswith("whisper-vq-stoks-v3-7lang.model")
+
+
+def test_ctc_prefix_scores_match_ctc_loss_and_ignore_padding():
+    """Scoring a string character by character, then its end, gives exactly CTC's
+    log-likelihood of that string (torch's ctc_loss), for rows of different lengths."""
+    from ichigo_lib.speech.ctc_prefix import CTCPrefixScorer
+
+    torch.manual_seed(0)
+    logp = torch.log_softmax(torch.randn(2, 12, 4), -1)
+    frames = torch.tensor([12, 7])
+    targets = [[1, 1, 2], [3, 2]]
+    scorer = CTCPrefixScorer(logp, frames)
+    prefix = []
+    for step in range(3):
+        chars = torch.tensor([[1, 2, 3], [3, 2, 1]])
+        psi, state = scorer.extend_scores(chars)
+        pick = []
+        for row, target in enumerate(targets):
+            pick.append(chars[row].tolist().index(target[step]) if step < len(target) else -1)
+        scorer.advance(chars, psi, state, torch.tensor(pick))
+        prefix.append(pick)
+    expected = -torch.nn.functional.ctc_loss(
+        logp.transpose(0, 1),
+        torch.tensor([1, 1, 2, 3, 2]),
+        frames,
+        torch.tensor([3, 2]),
+        reduction="none",
+    )
+    torch.testing.assert_close(scorer.end_score(), expected)
+    # a prefix is at least as likely as any complete string that starts with it
+    assert bool((scorer.score >= scorer.end_score() - 1e-5).all())

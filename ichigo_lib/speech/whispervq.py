@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ichigo_lib.speech import audio as A
+from ichigo_lib.speech.ctc_prefix import CTCPrefixScorer
 from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
 
 # openai-whisper's download table (the sha256 of each file is in its URL).
@@ -39,6 +40,12 @@ WHISPER_URLS = {
 WHISPER_URL_ROOT = "https://openaipublic.azureedge.net/main/whisper/models/"
 # Constructor arguments of RQBottleneckTransformer that shape the bottleneck.
 _CONFIG_KEYS = ("vq_codes", "q_depth", "depth", "n_head", "head_width", "ffn_mult", "codebook_dim")
+
+
+# Joint CTC/attention decoding of the tiny quantizer: weight of the CTC prefix score, and how
+# many of the decoder's best characters it re-ranks at each step.
+JOINT_CTC_WEIGHT = 0.5
+JOINT_CANDIDATES = 5
 
 
 class CheckpointFormatError(ValueError):
@@ -261,9 +268,19 @@ class WhisperVQ(nn.Module):
     # -- decoding back to text --------------------------------------------------------------
     @torch.inference_mode()
     def transcribe(
-        self, codes: Sequence[np.ndarray], langs: Sequence[str], batch_size: int = 64
+        self,
+        codes: Sequence[np.ndarray],
+        langs: Sequence[str],
+        batch_size: int = 64,
+        ctc_weight: float = JOINT_CTC_WEIGHT,
     ) -> list[str]:
-        """Transcripts decoded from the codes alone (through the dequantized bottleneck)."""
+        """Transcripts decoded from the codes alone (through the dequantized bottleneck).
+
+        The tiny quantizer's decoder decodes greedily, each next character chosen by
+        ``ctc_weight`` x CTC prefix score + (1 - ``ctc_weight``) x decoder log-probability
+        (joint CTC/attention decoding; 0 is the decoder alone)."""
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
         if self.ctc_head is None or self.codec is None:
             return self._whisper_transcribe(codes, langs)
         if len(codes) != len(langs):
@@ -272,11 +289,15 @@ class WhisperVQ(nn.Module):
         out: dict[int, str] = {}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            texts = self._transcribe_batch([codes[i] for i in idx], [langs[i] for i in idx])
+            texts = self._transcribe_batch(
+                [codes[i] for i in idx], [langs[i] for i in idx], ctc_weight
+            )
             out |= dict(zip(idx, texts, strict=True))
         return [out[i] for i in range(len(codes))]
 
-    def _transcribe_batch(self, codes: Sequence[np.ndarray], langs: Sequence[str]) -> list[str]:
+    def _transcribe_batch(
+        self, codes: Sequence[np.ndarray], langs: Sequence[str], ctc_weight: float
+    ) -> list[str]:
         device = next(self.parameters()).device
         lengths = torch.tensor([len(c) for c in codes], device=device)
         batch = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long, device=device)
@@ -285,17 +306,31 @@ class WhisperVQ(nn.Module):
         xa = self.bottleneck.dequantize(self.bottleneck.code_vectors(batch), lengths)
         frames = lengths * self.bottleneck.downsample
         if self.decoder is not None:
-            return self._greedy(xa, key_mask(frames, xa.shape[1]), langs, frames)
+            ctc = None
+            if ctc_weight > 0:
+                logp = torch.log_softmax(self.ctc_head(xa).float(), -1)
+                ctc = (CTCPrefixScorer(logp, frames, self.codec.BLANK), ctc_weight)
+            return self._greedy(xa, key_mask(frames, xa.shape[1]), langs, frames, ctc)
         best = self.ctc_head(xa).argmax(-1)
         return [
             self.codec.decode_ctc(b[:k].tolist())
             for b, k in zip(best, frames.tolist(), strict=True)
         ]
 
-    def _greedy(self, xa: Tensor, xa_mask, langs: Sequence[str], max_chars: Tensor) -> list[str]:
+    def _greedy(
+        self,
+        xa: Tensor,
+        xa_mask,
+        langs: Sequence[str],
+        max_chars: Tensor,
+        ctc: tuple[CTCPrefixScorer, float] | None,
+    ) -> list[str]:
         """Greedy decoding from ``[sot, language]`` until every row has emitted end-of-text or
-        ``max_chars`` characters (one per 20 ms frame, far above any speech rate)."""
+        ``max_chars`` characters (one per 20 ms frame, far above any speech rate). With
+        ``ctc`` (scorer, weight), the decoder's top characters and end-of-text are re-ranked
+        by the joint score."""
         v = self.vocab
+        rows = torch.arange(len(langs), device=xa.device)
         tokens = torch.tensor([[v.sot, v.lang(g)] for g in langs], device=xa.device)
         allowed = torch.full((v.n_vocab,), float("-inf"), device=xa.device)
         allowed[1 : v.eot + 1] = 0.0  # characters and end-of-text
@@ -303,8 +338,19 @@ class WhisperVQ(nn.Module):
         limits = (max_chars + 2).clamp(max=self.decoder.n_ctx)
         done = limits <= tokens.shape[1]
         while not bool(done.all()):
-            logits = self.decoder(tokens, xa, xa_mask)[:, -1] + allowed
-            nxt = torch.where(done, v.eot, logits.argmax(-1))
+            logp = torch.log_softmax(self.decoder(tokens, xa, xa_mask)[:, -1] + allowed, -1)
+            nxt = logp.argmax(-1)
+            if ctc is not None:
+                scorer, w = ctc
+                chars = logp[:, : v.sot].topk(min(JOINT_CANDIDATES, v.sot - 1)).indices
+                psi, state = scorer.extend_scores(chars)
+                joint = w * (psi - scorer.score[:, None]) + (1 - w) * logp.gather(1, chars)
+                best_score, best = joint.max(1)
+                end = w * (scorer.end_score() - scorer.score) + (1 - w) * logp[:, v.eot]
+                stop = (end >= best_score) | done
+                nxt = torch.where(stop, v.eot, chars[rows, best])
+                scorer.advance(chars, psi, state, torch.where(stop, -1, best))
+            nxt = torch.where(done, v.eot, nxt)
             tokens = torch.cat([tokens, nxt[:, None]], 1)
             done |= (nxt == v.eot) | (limits <= tokens.shape[1])
         return [v.decode(t[2:].tolist()) for t in tokens]
