@@ -132,3 +132,30 @@ def test_full_profile_branch_runs_on_a_local_checkpoint_in_hub_format(tmp_path):
     assert manifest.data["config"]["base_model"]["source"] == "hf"
     assert "train_steps" not in manifest.metrics and manifest.metrics["num_params"] > 0
     assert manifest.metrics["mc_accuracy"] == manifest.metrics["mc_accuracy_letter"]
+
+
+@pytest.mark.notebook
+def test_phase3_manifest_carries_what_evaluation_reads(smoke_runs):
+    run_dir, _ = smoke_runs
+    manifest = read_manifest(run_dir / "smoke" / "05_phase3_refusal" / "manifest.json")
+    for key in ("model", "dataset_phase3", "dataset_eval_inaudible", "train_log"):
+        assert manifest.artifact(key).exists()
+    metrics = manifest.metrics
+    for key in (
+        "mc_accuracy",
+        "mc_accuracy_base",
+        "speech_qa_accuracy",
+        "inaudible_refusal_rate",
+        "speech_false_refusal_rate",
+        "ks_pvalue",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    if metrics["mc_accuracy_base"]:  # a 4-step smoke model may score 0 by chance
+        assert metrics["mc_ratio_to_base"] == metrics["mc_accuracy"] / metrics["mc_accuracy_base"]
+    assert metrics["train_steps"] == 4 and metrics["count_eval_inaudible"] == 16
+    import datasets
+
+    held = datasets.load_from_disk(str(manifest.artifact("dataset_eval_inaudible")))
+    assert held.column_names == ["conversations", "length"] and len(held) == 16
+    analysis = read_manifest(run_dir / "smoke" / "06_inaudible_space" / "manifest.json").metrics
+    assert analysis["random_entropy_bits"] > analysis["speech_entropy_bits"]
