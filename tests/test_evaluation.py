@@ -19,7 +19,7 @@ from ichigo_lib.evaluate import results, speech_chat
 from ichigo_lib.evaluate.demo import DemoPanel, wav_from_bytes
 from ichigo_lib.evaluate.refusal import refusal_scores
 from ichigo_lib.llm_client import EndpointError
-from ichigo_lib.runs import start_run
+from ichigo_lib.runs import read_manifest, start_run
 from ichigo_lib.speech.audio import AudioError
 from ichigo_lib.speech.tts import Voice
 from ichigo_lib.wordtok import build_word_tokenizer
@@ -195,7 +195,7 @@ class FakeSystem:
 
     def __init__(self, name, seconds, first_seconds):
         self.name, self.seconds, self.first_seconds, self.calls = name, seconds, first_seconds, 0
-        self.asr = lambda wav: "heard"
+        self.last_transcript = "heard"
 
     def stream_ids(self, wav):
         self.calls += 1
@@ -323,6 +323,23 @@ def test_results_tables_are_read_from_the_manifest_with_paper_numbers_beside(tmp
     assert lat.iloc[0]["early fusion (ms)"] == "12.50 ± 1.25"
     assert lat.iloc[1]["cascade (ms)"] == "453.18"
     assert tables["refusal_table"].loc["phase 3", "precision"] == "0.900"
+    assert tables["wer_table"].loc["paper (v0.4, LibriSpeech en)", "fr"] == ""
+
+
+def test_headline_values_for_the_prose_say_n_a_for_undefined_numbers(tmp_path):
+    report = fake_report()
+    report["refusal"]["phases"]["phase 3"] = {
+        **report["refusal"]["phases"]["phase 3"],
+        "precision": None,
+    }
+    run = start_run("07_evaluation", "smoke", tmp_path)
+    run.add_record("report", report)
+    run.log_metrics(**R.flat_metrics(report))
+    values = results.headline_values(read_manifest(run.finish()))
+    assert values["profile"] == "smoke" and values["judge_name"] == "reference-match"
+    assert values["judge_score_mean"] == "4.25" and values["refusal_precision"] == "n/a"
+    assert values["mc_phase2"] == 0.61 and values["ttft_ratio"] == 0.3125
+    assert values["paper_ttft_ratio"] == pytest.approx(111.52 / 453.18)
 
 
 def test_a_manifest_without_a_report_is_named():

@@ -159,3 +159,26 @@ def test_phase3_manifest_carries_what_evaluation_reads(smoke_runs):
     assert held.column_names == ["conversations", "length"] and len(held) == 16
     analysis = read_manifest(run_dir / "smoke" / "06_inaudible_space" / "manifest.json").metrics
     assert analysis["random_entropy_bits"] > analysis["speech_entropy_bits"]
+
+
+@pytest.mark.notebook
+def test_evaluation_manifest_and_results_page_are_filled_from_it(smoke_runs, tmp_path):
+    run_dir, _ = smoke_runs
+    manifest = read_manifest(run_dir / "smoke" / "07_evaluation" / "manifest.json")
+    m = manifest.metrics
+    assert m["judge_name"] == "reference-match"
+    assert 0.0 <= m["judge_score_mean"] <= 5.0 and m["wer"] >= 0.0
+    assert m["ttft_early_fusion_ms"] > 0 and m["ttft_cascade_ms"] > 0
+    ratio = m["ttft_early_fusion_ms"] / m["ttft_cascade_ms"]
+    assert m["ttft_ratio_vs_cascade"] == pytest.approx(ratio)
+    report = json.loads(manifest.artifact("report").read_text())
+    assert report["latency"]["clips"] == 3 and set(report["refusal"]["phases"]) == {
+        "phase 1",
+        "phase 2",
+        "phase 3",
+    }
+    html = runner.build_book("smoke", run_dir, path_output=tmp_path)
+    page = (html / "book" / "results.html").read_text()
+    for value in (f"{m['wer']:.3f}", f"{m['ttft_ratio_vs_cascade']:.3f}", "reference-match"):
+        assert value in page, value
+    assert "453.18" in page and "profile smoke" in page  # the paper beside ours, the profile

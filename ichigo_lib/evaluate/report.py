@@ -88,7 +88,8 @@ class EvalInputs:
         )
 
 
-def _rows(path: Path, limit: int | None, required: Sequence[str]) -> list[dict[str, Any]]:
+def load_rows(path: Path, limit: int | None, required: Sequence[str]) -> list[dict[str, Any]]:
+    """The first ``limit`` rows (all when None) of a dataset on disk that has ``required``."""
     import datasets
 
     ds = datasets.load_from_disk(str(path))
@@ -190,7 +191,7 @@ def speech_instructions(
     samples: int = 10,
 ) -> dict[str, Any]:
     """Each phase's greedy answers to the held-out spoken questions, rated by ``judge``."""
-    rows = _rows(inputs.speech_qa, cfg.eval.items, ("conversations", "question"))
+    rows = load_rows(inputs.speech_qa, cfg.eval.items, ("conversations", "question"))
     prompts = speech_chat.user_turns(rows)
     references = [r["conversations"][1]["content"] for r in rows]
     questions = [r["question"] for r in rows]
@@ -228,7 +229,7 @@ def transcription(
 ) -> dict[str, Any]:
     """WER of each phase's transcripts: row ``i`` is asked with prompt ``i % 8``; corpus WER
     overall, per language and per prompt, on ``wer.normalise``d text."""
-    rows = _rows(inputs.transcription, cfg.eval.items, ("conversations", "lang"))
+    rows = load_rows(inputs.transcription, cfg.eval.items, ("conversations", "lang"))
     prompt_of = [TRANSCRIPTION_PROMPTS[i % len(TRANSCRIPTION_PROMPTS)] for i in range(len(rows))]
     chats = [
         [{"role": "user", "content": with_prompt(r["conversations"][0]["content"], p, i)}]
@@ -259,8 +260,8 @@ def refusal(
     is_refusal: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """Each phase's replies to as many held-out inaudible inputs as spoken questions."""
-    speech = _rows(inputs.speech_qa, cfg.eval.items, ("conversations",))
-    inaudible = _rows(inputs.inaudible, cfg.eval.items, ("conversations",))
+    speech = load_rows(inputs.speech_qa, cfg.eval.items, ("conversations",))
+    inaudible = load_rows(inputs.inaudible, cfg.eval.items, ("conversations",))
     n = min(len(speech), len(inaudible))
     speech_prompts = speech_chat.user_turns(speech[:n])
     inaudible_prompts = speech_chat.user_turns(inaudible[:n])
@@ -318,12 +319,13 @@ def latency(
     stats = {name: L.LatencyStats(tuple(t)) for name, t in times.items()}
     shown = []
     for text, wav in clips[:examples]:
+        cascade_reply = cascade.reply(wav)
         shown.append(
             {
                 "text": text,
                 "early_fusion_reply": early.reply(wav),
-                "asr_transcript": cascade.asr(wav),
-                "cascade_reply": cascade.reply(wav),
+                "asr_transcript": cascade.last_transcript,
+                "cascade_reply": cascade_reply,
             }
         )
     return {
@@ -388,7 +390,7 @@ def evaluate_all(
     report["refusal"] = timed("refusal", lambda: refusal(inputs, cfg, is_refusal=is_refusal))
 
     def _latency():
-        rows = _rows(inputs.speech_qa, None, ("question",))
+        rows = load_rows(inputs.speech_qa, None, ("question",))
         clips = latency_clips(rows, cfg.eval.latency.clips, cfg.data.num_workers)
         _, early, cascade = latency_systems(inputs, cfg)
         return latency(early, cascade, clips, cfg.eval.latency.warmup, cfg.eval.latency.repeats)

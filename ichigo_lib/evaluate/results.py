@@ -14,6 +14,8 @@ import pandas as pd
 
 from ichigo_lib.runs import Manifest, read_manifest
 
+PHASES = ("base", "phase 1", "phase 2", "phase 3")
+
 # Ichigo v0.3 (arXiv 2410.15316 and the write-up), for comparison only.
 PAPER = {
     "mmlu": {"base": 0.69, "phase 1": 0.42, "phase 2": 0.63, "phase 3": 0.6379},
@@ -86,6 +88,7 @@ def wer_table(report: dict[str, Any]) -> pd.DataFrame:
     }
     rows["paper (v0.4, LibriSpeech en)"] = {"all": PAPER["asr_wer"]}
     df = pd.DataFrame(rows).T.round(3)
+    df = df.astype(object).where(df.notna(), "")  # the paper has no per-language column
     df.index.name = f"WER, profile {report['profile']}"
     return df
 
@@ -135,6 +138,43 @@ def tables(report: dict[str, Any]) -> dict[str, pd.DataFrame]:
         "refusal_table": refusal_table(report),
         "latency_table": latency_table(report),
     }
+
+
+def headline_values(manifest: Manifest) -> dict[str, Any]:
+    """The scalars the results chapter quotes in its prose, from notebook 07's manifest."""
+    m, report = manifest.metrics, report_of(manifest)
+    lat = report["latency"]
+    return {
+        "profile": manifest.data["profile"],
+        "revision": manifest.data["git"]["revision"][:10],
+        "finished": manifest.data["finished"][:10],
+        "judge_name": m["judge_name"],
+        "judge_items": report["speech_instructions"]["phases"]["phase 3"]["judge_n"],
+        "judge_score_mean": _fmt(m.get("judge_score_mean"), 2),  # None: no rating parsed
+        "wer": m["wer"],
+        "mc_benchmark": report["knowledge"]["benchmark"],
+        "mc_headline": report["knowledge"]["headline"],
+        **{f"mc_{p.replace(' ', '')}": m[f"mc_accuracy_{p.replace(' ', '')}"] for p in PHASES},
+        "refusal_precision": _fmt(m.get("refusal_precision_phase3")),  # None: never refused
+        "refusal_recall": m["refusal_recall_phase3"],
+        "ttft_early_ms": lat["early_fusion"]["mean_ms"],
+        "ttft_early_std_ms": lat["early_fusion"]["std_ms"],
+        "ttft_cascade_ms": lat["cascade"]["mean_ms"],
+        "ttft_cascade_std_ms": lat["cascade"]["std_ms"],
+        "ttft_ratio": lat["ratio_vs_cascade"],
+        "latency_clips": lat["clips"],
+        "paper_ttft_ratio": PAPER["ttft_ratio"],
+    }
+
+
+def png_html(path: str | Path):
+    """A saved figure as an HTML ``<img>`` with the PNG inline (gluable across pages)."""
+    import base64
+
+    from IPython.display import HTML
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return HTML(f'<img src="data:image/png;base64,{data}" style="max-width:100%"/>')
 
 
 def tables_from_manifest(path: str | Path) -> dict[str, pd.DataFrame]:
