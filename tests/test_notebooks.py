@@ -182,3 +182,26 @@ def test_evaluation_manifest_and_results_page_are_filled_from_it(smoke_runs, tmp
     for value in (f"{m['wer']:.3f}", f"{m['ttft_ratio_vs_cascade']:.3f}", "reference-match"):
         assert value in page, value
     assert "453.18" in page and "profile smoke" in page  # the paper beside ours, the profile
+
+
+@pytest.mark.notebook
+def test_ichigo_eval_writes_the_report_headless_with_an_endpoint_judge(smoke_runs, tmp_path):
+    from http_stub import Reply, chat, serve
+
+    from ichigo_lib import cli
+
+    run_dir, _ = smoke_runs
+    out = tmp_path / "report.json"
+    with serve(lambda i, req: Reply(body=chat("Close to the reference.\nRating: 3"))) as stub:
+        argv = ["eval", "--profile", "smoke", "--run-dir", str(run_dir), "--out", str(out)]
+        assert cli.main([*argv, "--judge-url", stub.url, "--judge-model", "stub-judge"]) == 0
+    report = json.loads(out.read_text())
+    assert report["judge"] == report["metrics"]["judge_name"] == "llm:stub-judge"
+    assert report["metrics"]["judge_score_mean"] == 3.0
+    phases = report["speech_instructions"]["phases"].values()  # 2 and 3, every sample (8 items)
+    distinct = {(s["question"], s["reply"], s["reference"]) for p in phases for s in p["samples"]}
+    # one request per distinct judged answer (the reply cache may spare repeats)
+    assert len(distinct) <= len(stub.requests) <= 2 * report["speech_instructions"]["items"]
+    assert "[Reference Answer]" in stub.requests[0]["messages"][0]["content"]
+    for section in ("knowledge", "transcription", "refusal", "latency"):
+        assert report[section], section
