@@ -348,3 +348,28 @@ def test_a_manifest_without_a_report_is_named():
     path = run.finish()
     with pytest.raises(KeyError, match="records.report"):
         results.tables_from_manifest(path)
+
+
+def test_knowledge_reuses_manifests_that_logged_both_formulations(tmp_path):
+    from ichigo_lib.runs import Manifest
+
+    manifests = {
+        phase: Manifest(
+            tmp_path / f"{i}.json",
+            {"metrics": {"mc_accuracy_cloze": 0.8 - 0.1 * i, "mc_accuracy_letter": 0.25}},
+        )
+        for i, phase in enumerate(R.PHASES)
+    }
+    inputs = R.EvalInputs(
+        models={p: tmp_path / "missing" for p in R.PHASES},
+        world=tmp_path / "no-world",
+        quantizer=tmp_path,
+        speech_qa=tmp_path,
+        transcription=tmp_path,
+        inaudible=tmp_path,
+        manifests=manifests,
+    )
+    out = R.knowledge(inputs, load_config("smoke"), tmp_path / "tasks")
+    assert out["scores"]["phase 2"] == {"cloze": pytest.approx(0.6), "letter": 0.25}
+    assert out["source"]["phase 3"] == "05_phase3_refusal" and out["headline"] == "cloze"
+    assert not (tmp_path / "tasks").exists()  # nothing was scored again

@@ -122,30 +122,26 @@ def _generate(model_dir: Path, prompts: list, cfg: Config) -> list[str]:
 
 # -- 1. knowledge -----------------------------------------------------------------------------
 def knowledge(
-    inputs: EvalInputs, cfg: Config, task_dir: str | Path, reuse_base: bool = True
+    inputs: EvalInputs, cfg: Config, task_dir: str | Path, reuse: bool = True
 ) -> dict[str, Any]:
     """Cloze and letter accuracy of each model on the same items and shots.
 
-    The base model's scores are taken from notebook 00's manifest when it has both (the same
-    lm-eval call on the same config); the phase models are scored here.
+    A model whose notebook already logged both formulations (notebook 00 does) is taken from
+    its manifest when ``reuse`` (the same lm-eval call on the same config: the runner re-runs a
+    notebook whose config changed); the others are scored here.
     """
     from ichigo_lib.world import World
 
-    task = mc.prepare_tasks(cfg.eval.mc, World.load(inputs.world), task_dir)
-    scores, source = {}, {}
-    base = inputs.manifests["base"].metrics
+    task, scores, source = None, {}, {}
+    both = ("mc_accuracy_cloze", "mc_accuracy_letter")
     for phase in PHASES:
-        if (
-            phase == "base"
-            and reuse_base
-            and {"mc_accuracy_cloze", "mc_accuracy_letter"} <= set(base)
-        ):
-            scores[phase] = {
-                "cloze": base["mc_accuracy_cloze"],
-                "letter": base["mc_accuracy_letter"],
-            }
-            source[phase] = UPSTREAM["base"]
+        logged = inputs.manifests[phase].metrics
+        if reuse and all(key in logged for key in both):
+            scores[phase] = {"cloze": logged[both[0]], "letter": logged[both[1]]}
+            source[phase] = UPSTREAM[phase]
             continue
+        if task is None:  # written once, only when some model is scored here
+            task = mc.prepare_tasks(cfg.eval.mc, World.load(inputs.world), task_dir)
         result = mc.evaluate_mc(inputs.models[phase], cfg.eval.mc, task)
         scores[phase] = {"cloze": result.cloze, "letter": result.letter, "items": result.num_items}
         source[phase] = "evaluated here"
