@@ -115,4 +115,7 @@ def evaluate_quantizer(model, first, second, baseline_clips, batch_size: int = 1
         f"bottleneck_wer_{g}": v
         for g, v in wer_by_group(refs, hyps, [u.lang for u in utts]).items()
     }
+    if getattr(model, "decoder", None) is not None:  # what the CTC prefix score adds
+        alone = model.transcribe(codes, [u.lang for u in utts], ctc_weight=0.0)
+        metrics["bottleneck_wer_decoder_alone"] = wer(refs, alone)
     return metrics | {"_codes": codes, "_transcripts": hyps}
