@@ -285,6 +285,9 @@ class Phase3DataConfig:
 
     inaudible_fraction: float = 0.15  # single-turn inaudible rows, as a fraction of all rows
     mid_conversation_fraction: float = 0.1  # chats given an inaudible exchange between turns
+    # phase-2 rows replayed beside them (0 upstream; the tiny world's 600 chats alone are too
+    # narrow to keep its knowledge)
+    phase2_replay_rows: int = 0
     eval_inaudible: int = 200  # held-out inaudible inputs (never trained on)
     # "pool": the compositional phrasings of data.prompts; "endpoint": an OpenAI-compatible
     # chat server writes them (upstream: Qwen2.5-72B), cached under the run
@@ -300,6 +303,10 @@ class Phase3DataConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ConfigError(f"phase3_data.{name} must be in [0, 1), got {value}")
+        if self.phase2_replay_rows < 0:
+            raise ConfigError(
+                f"phase3_data.phase2_replay_rows must be >= 0: {self.phase2_replay_rows}"
+            )
         for name in ("eval_inaudible", "refusal_pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"phase3_data.{name} must be >= 1, got {getattr(self, name)}")

@@ -217,3 +217,19 @@ def test_refusals_for_writes_through_the_endpoint(tmp_path):
         )
         pool, summary = R.refusals_for(cfg, tmp_path, max_retries=0)
     assert len(pool) == 5 and summary["requests"] == 5 and summary["source"] == "endpoint q"
+
+
+def test_phase2_rows_are_replayed_and_counted_in_the_fraction():
+    rows = speech_rows(60)
+    phase2 = [
+        {"conversations": r["conversations"][:2], "kind": "speech_instruction", "source": 100 + i}
+        for i, r in enumerate(speech_rows(50, seed=1))
+    ]
+    cfg = Phase3DataConfig(inaudible_fraction=0.2, eval_inaudible=5, phase2_replay_rows=40)
+    mix = I.mix_phase3(rows, R.refusal_pool(60), cfg, phase2)
+    replayed = [r for r in mix.rows if r["kind"] == "replay"]
+    assert len(replayed) == mix.counts["replay_phase2"] == 40
+    assert {r["source"] for r in replayed} <= {100 + i for i in range(50)}
+    assert mix.kind_fractions()["inaudible"] == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(ValueError, match="phase2_replay_rows is 40 but only 3"):
+        I.mix_phase3(rows, R.refusal_pool(60), cfg, phase2[:3])

@@ -175,17 +175,30 @@ def inaudible_count(speech_rows: int, fraction: float) -> int:
 
 
 def mix_phase3(
-    speech_rows: Sequence[Mapping[str, Any]], refusals: Sequence[str], cfg: Phase3DataConfig
+    speech_rows: Sequence[Mapping[str, Any]],
+    refusals: Sequence[str],
+    cfg: Phase3DataConfig,
+    phase2_rows: Sequence[Mapping[str, Any]] = (),
 ) -> Phase3Mix:
     """The phase-3 mix (module docstring): ``speech_rows`` are notebook 02's ``phase3`` rows
-    (``{conversations, turns, source}``), ``refusals`` the phrasings to answer with."""
+    (``{conversations, turns, source}``), ``refusals`` the phrasings to answer with;
+    ``cfg.phase2_replay_rows`` rows drawn from ``phase2_rows`` (notebook 02's ``phase2``) are
+    replayed beside them (kind ``replay``)."""
     if not speech_rows:
         raise ValueError("no spoken phase-3 conversations to mix with")
     if not refusals:
         raise ValueError("no refusal phrasings")
     real = speech_sequences(speech_rows)
     lengths = [len(c) for c in real]
-    n_single = inaudible_count(len(speech_rows), cfg.inaudible_fraction)
+    if cfg.phase2_replay_rows > len(phase2_rows):
+        raise ValueError(
+            f"phase3_data.phase2_replay_rows is {cfg.phase2_replay_rows} but only "
+            f"{len(phase2_rows)} phase-2 rows were given"
+        )
+    replay = random.Random(f"phase3-replay/{cfg.seed}").sample(
+        list(phase2_rows), cfg.phase2_replay_rows
+    )
+    n_single = inaudible_count(len(speech_rows) + len(replay), cfg.inaudible_fraction)
     n_mid = round(len(speech_rows) * cfg.mid_conversation_fraction)
     train_codes = inaudible_sequences(lengths, n_single + n_mid, [cfg.seed, 3, 0], exclude=real)
     eval_codes = inaudible_sequences(
@@ -213,6 +226,15 @@ def mix_phase3(
             "kind": "speech+inaudible",
         }
     rows += [refusal_row(c, rng.choice(refusals)) for c in train_codes[:n_single]]
+    rows += [
+        {
+            "conversations": [dict(m) for m in r["conversations"]],
+            "turns": sum(m["role"] == "user" for m in r["conversations"]),
+            "kind": "replay",
+            "source": r.get("source", -1),
+        }
+        for r in replay
+    ]
     rng.shuffle(rows)
     eval_rows = [{"conversations": [_user(T.audio_turn(c))], "length": len(c)} for c in eval_codes]
     turns = Counter(
@@ -223,6 +245,7 @@ def mix_phase3(
         "speech_conversations": len(speech_rows) - n_mid,
         "speech_conversations_with_inaudible_turn": n_mid,
         "inaudible_single_turn": n_single,
+        "replay_phase2": len(replay),
         "speech_conversations_2_turns": turns["2"],
         "speech_conversations_3_turns": turns["3"],
         "speech_conversations_4plus_turns": turns["4+"],
