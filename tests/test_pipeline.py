@@ -336,6 +336,32 @@ def test_outputs_of_another_plan_are_never_mixed(tmp_path):
     assert len(list(out.glob("shard-*"))) == 3 and len(merge_shards(out)) == 12
 
 
+def test_replace_stale_starts_afresh_only_when_the_plan_changed(tmp_path):
+    rows, out = make_rows(12), tmp_path / "out"
+    run(rows, pipeline_rows.tokens, out, num_workers=0, num_shards=2, fingerprint="q1")
+    again = run(
+        rows,
+        pipeline_rows.tokens,
+        out,
+        num_workers=0,
+        num_shards=2,
+        fingerprint="q1",
+        replace_stale=True,
+    )
+    assert (again.shards_reused, again.rows_processed) == (2, 0)  # same plan: resumed
+    fresh = run(
+        rows,
+        pipeline_rows.tokens,
+        out,
+        num_workers=0,
+        num_shards=2,
+        fingerprint="q2",
+        replace_stale=True,
+    )
+    assert (fresh.shards_reused, fresh.rows_processed) == (0, 12)  # new quantizer: redone
+    assert len(merge_shards(out)) == 12
+
+
 def test_datasets_input_and_nested_output_columns(tmp_path):
     table = datasets.Dataset.from_list(make_rows(9)).shuffle(seed=0).select(range(7))
     run(table, pipeline_rows.conversation, tmp_path / "indexed", num_workers=0, num_shards=2)

@@ -77,8 +77,10 @@ def speak_plan(
     out_dir: str | Path,
     shard_range: str | None = None,
     progress: bool = True,
+    replace_stale: bool = False,
 ) -> dict[str, PipelineReport]:
-    """Run the pipeline over the plan's utterances and conversations (resuming ``out_dir``).
+    """Run the pipeline over the plan's utterances and conversations (resuming ``out_dir``;
+    with ``replace_stale``, speech made for another plan or quantizer is deleted first).
 
     With ``shard_range`` (``"0:8"``) only those shards run; under ``torchrun`` each rank takes
     its shards of the plan round-robin. Independent jobs on several machines write into one
@@ -97,6 +99,7 @@ def speak_plan(
         "fingerprint": _fingerprint(spec, Path(quantizer), data),
         "shard_range": shard_range,
         "progress": progress,
+        "replace_stale": replace_stale,
     }
     return {
         "utterances": run_pipeline(
@@ -126,14 +129,17 @@ def build_phase_data(
     progress: bool = True,
 ) -> PhaseData:
     """Speak the plan through the sharded pipeline (reusing every shard already finished in
-    ``out_dir``, by this or other jobs), then write the phase datasets and their cards.
+    ``out_dir``, by this or other jobs, for this plan and quantizer; speech made for another is
+    replaced), then write the phase datasets and their cards.
     ``count_tokens(row)`` -> LLM tokens of a row (for over-long counts and length histograms)."""
     import datasets
 
     out_dir = Path(out_dir)
     plan = phases.speech_plan(world, data)
     start = time.perf_counter()
-    reports = speak_plan(plan, data, speech, quantizer, out_dir, progress=progress)
+    reports = speak_plan(
+        plan, data, speech, quantizer, out_dir, progress=progress, replace_stale=True
+    )
     seconds = time.perf_counter() - start
     spoken_rows = merge_shards(out_dir / "speech" / "utterances")
     spoken = dict(zip(spoken_rows["index"], spoken_rows["tokens"], strict=True))

@@ -317,16 +317,23 @@ def _plan_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _save_or_check_plan(
-    out_dir: Path, shards: list[Shard], indices: np.ndarray, fingerprint: str
-) -> None:
-    plan = {
+def _plan(shards: list[Shard], indices: np.ndarray, fingerprint: str) -> dict[str, Any]:
+    return {
         "format": PLAN_FORMAT,
         "num_rows": len(indices),
         "shards": [[shard.start, shard.stop] for shard in shards],
         "indices_sha256": _indices_sha256(indices),
         "fingerprint": fingerprint,
     }
+
+
+def _is_stale(out_dir: Path, plan: dict[str, Any]) -> bool:
+    """``out_dir`` holds the outputs of another plan or fingerprint."""
+    path = out_dir / PLAN
+    return path.exists() and bool(_plan_differences(json.loads(path.read_text()), plan))
+
+
+def _save_or_check_plan(out_dir: Path, plan: dict[str, Any], indices: np.ndarray) -> None:
     path = out_dir / PLAN
     if path.exists():
         differences = _plan_differences(json.loads(path.read_text()), plan)
@@ -712,6 +719,7 @@ def run_pipeline(
     world_size: int | None = None,
     fingerprint: str = "",
     overwrite: bool = False,
+    replace_stale: bool = False,
     text_key: str | None = "text",
     progress: bool = True,
     start_method: str = "spawn",
@@ -728,7 +736,9 @@ def run_pipeline(
     ``num_workers`` processes (0: in this process) take whole shards of the plan; this call runs
     the shards of ``shard_range`` (``"3:7"``), split round-robin over ``rank``/``world_size``
     (default: torchrun's ``RANK``/``WORLD_SIZE``). Finished shards are reused; ``out_dir`` made for
-    another plan or ``fingerprint`` raises :class:`PlanMismatchError` unless ``overwrite``.
+    another plan or ``fingerprint`` raises :class:`PlanMismatchError` unless ``overwrite`` (always
+    start afresh) or ``replace_stale`` (start afresh only then: the owner of ``out_dir`` whose
+    inputs changed, e.g. a notebook after a new quantizer; never jobs sharing a directory).
     ``text_key`` names the input column quoted in the failure and rejection logs.
     """
     started = time.perf_counter()
@@ -752,9 +762,10 @@ def run_pipeline(
     if num_workers:
         for name in ("process", "init", "validate", "init_kwargs"):
             _check_picklable(name, getattr(job, name))
-    if overwrite:
+    plan = _plan(shards, data.indices, fingerprint)
+    if overwrite or (replace_stale and _is_stale(job.out_dir, plan)):
         _wipe(job.out_dir)
-    _save_or_check_plan(job.out_dir, shards, data.indices, fingerprint)
+    _save_or_check_plan(job.out_dir, plan, data.indices)
     done = [s for s in mine if _shard_path(job.out_dir, s, len(shards)).exists()]
     todo = [s for s in mine if s not in done]
     for shard in done:  # a run killed between writing a shard and deleting its parts
