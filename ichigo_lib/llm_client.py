@@ -24,6 +24,9 @@ from typing import Any
 
 URL_ENV = "ICHIGO_JUDGE_URL"
 MODEL_ENV = "ICHIGO_JUDGE_MODEL"
+JUDGE_CONFIGURE = (
+    "set eval.judge.url and eval.judge.model in the profile, pass --judge-url and --judge-model"
+)
 _EXCERPT_CHARS = 200
 
 
@@ -75,21 +78,28 @@ class ChatEndpoint:
         return self.url.rstrip("/") + "/chat/completions"
 
 
-def endpoint_from(url: str | None, model: str | None, **options: Any) -> ChatEndpoint:
-    """A ``ChatEndpoint``; empty ``url``/``model`` fall back to $ICHIGO_JUDGE_URL/_MODEL.
+def endpoint_from(
+    url: str | None,
+    model: str | None,
+    *,
+    url_env: str = URL_ENV,
+    model_env: str = MODEL_ENV,
+    configure: str = JUDGE_CONFIGURE,
+    **options: Any,
+) -> ChatEndpoint:
+    """A ``ChatEndpoint``; empty ``url``/``model`` fall back to ``$url_env``/``$model_env``.
 
     ``options`` are the other ``ChatEndpoint`` fields. Raises ``EndpointError`` saying how to
-    configure the endpoint when url or model is still missing.
+    configure the endpoint (``configure``, then the variables) when url or model is missing.
     """
-    url = (url or "").strip() or os.environ.get(URL_ENV, "").strip()
-    model = (model or "").strip() or os.environ.get(MODEL_ENV, "").strip()
+    url = (url or "").strip() or os.environ.get(url_env, "").strip()
+    model = (model or "").strip() or os.environ.get(model_env, "").strip()
     missing = [name for name, value in (("url", url), ("model", model)) if not value]
     if missing:
         raise EndpointError(
             f"no LLM endpoint configured (missing {' and '.join(missing)}). Point it at any "
-            f"OpenAI-compatible server (e.g. vLLM at http://127.0.0.1:8000/v1): set "
-            f"eval.judge.url and eval.judge.model in the profile, pass --judge-url and "
-            f"--judge-model, or export {URL_ENV} and {MODEL_ENV}."
+            f"OpenAI-compatible server (e.g. vLLM at http://127.0.0.1:8000/v1): {configure}, "
+            f"or export {url_env} and {model_env}."
         )
     return ChatEndpoint(url=url, model=model, **options)
 

@@ -14,7 +14,6 @@ Two sources, one format (a list of distinct phrasings):
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections.abc import Iterable
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from ichigo_lib.config import Phase3DataConfig
 from ichigo_lib.data.prompts import REFUSAL_OPENINGS, REFUSAL_PROBLEMS, REFUSAL_REQUESTS
-from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointError
+from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointError, endpoint_from
 
 URL_ENV = "ICHIGO_REFUSAL_URL"
 MODEL_ENV = "ICHIGO_REFUSAL_MODEL"
@@ -108,18 +107,18 @@ def is_refusal(reply: str) -> bool:
 def refusal_endpoint(cfg: Phase3DataConfig, **options) -> ChatEndpoint:
     """The endpoint that writes refusals: ``cfg.refusal_url``/``refusal_model``, else
     $ICHIGO_REFUSAL_URL/$ICHIGO_REFUSAL_MODEL; a clear error when neither is set."""
-    url = (cfg.refusal_url or "").strip() or os.environ.get(URL_ENV, "").strip()
-    model = (cfg.refusal_model or "").strip() or os.environ.get(MODEL_ENV, "").strip()
-    missing = [name for name, value in (("url", url), ("model", model)) if not value]
-    if missing:
-        raise EndpointError(
-            f"phase3_data.refusal_source is 'endpoint' but no refusal endpoint is configured "
-            f"(missing {' and '.join(missing)}). Point it at any OpenAI-compatible server (e.g. "
-            f"vLLM serving Qwen2.5-72B-Instruct at http://127.0.0.1:8000/v1): set "
-            f"phase3_data.refusal_url and phase3_data.refusal_model, or export {URL_ENV} and "
-            f"{MODEL_ENV}; or use refusal_source 'pool'."
-        )
-    return ChatEndpoint(url=url, model=model, api_key_env=cfg.refusal_api_key_env, **options)
+    return endpoint_from(
+        cfg.refusal_url,
+        cfg.refusal_model,
+        url_env=URL_ENV,
+        model_env=MODEL_ENV,
+        configure=(
+            "e.g. Qwen2.5-72B-Instruct; set phase3_data.refusal_url and "
+            "phase3_data.refusal_model (or use refusal_source 'pool')"
+        ),
+        api_key_env=cfg.refusal_api_key_env,
+        **options,
+    )
 
 
 # What the writer is told: varied situations and tones give varied phrasings.
