@@ -2,7 +2,7 @@
 
 import pytest
 
-from ichigo_lib.evaluate.wer import normalise, wer, wer_by_group
+from ichigo_lib.evaluate.wer import entity_recall, normalise, wer, wer_by_group
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,20 @@ def test_wer_by_group_scores_each_group_on_its_own():
 def test_mismatched_or_empty_inputs_are_rejected(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_entity_recall_counts_questions_whose_entity_the_transcript_keeps():
+    questions = ["What is Nuren's capital?", "Name the colour of the flag of Paren.", "Mikor?"]
+    transcripts = ["what is nuren's capitol", "name the colour of the flag of peren", "MIKOR"]
+    assert entity_recall(questions, transcripts, ["Nuren", "Paren", "Mikor", "Nure"]) == 2 / 3
+    # a word inside a longer word is not a mention: "Nure" is not found in "Nuren"
+    assert entity_recall(["Nure?"], ["nuren"], ["Nuren", "Nure"]) == 0.0
+
+
+def test_entity_recall_names_a_question_without_exactly_one_entity():
+    with pytest.raises(ValueError, match="question 1 .*names 0"):
+        entity_recall(["Nuren?", "What?"], ["nuren", "what"], ["Nuren"])
+    with pytest.raises(ValueError, match="names 2"):
+        entity_recall(["Nuren or Paren?"], ["x"], ["Nuren", "Paren"])
+    with pytest.raises(ValueError, match="2 references but 1"):
+        entity_recall(["Nuren?", "Paren?"], ["x"], ["Nuren", "Paren"])

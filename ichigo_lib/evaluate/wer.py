@@ -12,6 +12,7 @@ hypotheses are empty too).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -56,3 +57,26 @@ def wer_by_group(
         group: wer([references[i] for i in idx], [hypotheses[i] for i in idx])
         for group, idx in sorted(members.items())
     }
+
+
+def entity_recall(
+    questions: Sequence[str], transcripts: Sequence[str], entities: Sequence[str]
+) -> float:
+    """Fraction of ``questions`` whose entity also appears, as a whole word, in its transcript.
+
+    Each question must name exactly one of ``entities`` (e.g. the tiny world's countries); both
+    sides are compared after :func:`normalise`, so case, punctuation and a possessive ``'s`` do
+    not matter. It measures how much of what a question is *about* survives a tokenizer.
+    """
+    _check(questions, transcripts)
+    names = {normalise(e) for e in entities} - {""}
+    hits = 0
+    for i, (question, transcript) in enumerate(zip(questions, transcripts, strict=True)):
+        found = [n for n in names if re.search(rf"\b{re.escape(n)}\b", normalise(question))]
+        if len(found) != 1:
+            raise ValueError(
+                f"question {i} ({question!r}) names {len(found)} of the entities {found}; "
+                "need exactly one"
+            )
+        hits += bool(re.search(rf"\b{re.escape(found[0])}\b", normalise(transcript)))
+    return hits / len(questions)
