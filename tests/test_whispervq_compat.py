@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from ichigo_lib.speech import audio as A
 from ichigo_lib.speech import whispervq
 
 SR = 16_000
@@ -101,6 +102,23 @@ def _speechlike(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * x + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+def assert_same_codes_up_to_ties(ours, clip, got, expected, tol=5e-3):
+    """``got`` equals ``expected`` except where two codes tie: there both are within ``tol`` of
+    the best cosine similarity. Our log-mel matches whisper's to ~1e-5, not bit for bit, and a
+    random model puts some frames almost equally close to two codes, so which one wins depends
+    on the CPU's rounding."""
+    assert len(got) == len(expected)
+    differ = np.flatnonzero(got != expected)
+    assert len(differ) <= 0.03 * len(got), f"{len(differ)} of {len(got)} codes differ"
+    if len(differ):
+        mels = [A.log_mel(w) for w in A.windows(A.prepare_audio(clip, SR))]
+        codebook = ours.bottleneck.vq._codebook.embed[0]
+        sims = torch.cat([x @ codebook.T for x in ours.latents_mels(mels)]).numpy()
+        best = sims[differ].max(-1)
+        assert np.all(best - sims[differ, got[differ]] < tol)
+        assert np.all(best - sims[differ, expected[differ]] < tol), differ
+
+
 def test_same_codes_as_whisperspeech_on_the_same_audio(reference):
     vq, qpath, wpath = reference
     ours = whispervq.load_whispervq(qpath, whisper=wpath)
@@ -110,7 +128,7 @@ def test_same_codes_as_whisperspeech_on_the_same_audio(reference):
             expected = vq.encode_audio(torch.from_numpy(clip)[None])[0].numpy()
         got = ours.encode([clip])[0]
         assert len(got) == int(seconds * SR) // 640
-        np.testing.assert_array_equal(got, expected)
+        assert_same_codes_up_to_ties(ours, clip, got, expected)
     assert len(np.unique(expected)) > 5  # the comparison is not between constant sequences
 
 
@@ -126,7 +144,7 @@ def test_long_audio_is_encoded_whole_where_whisperspeech_truncates_at_30s(refere
     with torch.no_grad():  # ours = upstream on each 30 s window, concatenated
         head = vq.encode_audio(torch.from_numpy(clip[: 30 * SR])[None])[0].numpy()
         tail = vq.encode_audio(torch.from_numpy(clip[30 * SR :])[None])[0].numpy()
-    np.testing.assert_array_equal(got, np.concatenate([head, tail]))
+    assert_same_codes_up_to_ties(ours, clip, got, np.concatenate([head, tail]))
 
 
 def test_bottleneck_transcripts_match_whisperspeech_decode_text(reference):

@@ -272,7 +272,8 @@ class ResidualVQ(nn.Module):
 class Bottleneck(nn.Module):
     """WhisperSpeech's quantized bottleneck: pool x2, MLP, cosine VQ, then a transformer back up.
 
-    ``quantize`` maps encoder features (batch, time, width) to codes at half the frame rate;
+    ``pre_quant`` maps encoder features (batch, time, width) to unit vectors at half the frame
+    rate, whose codes are the most cosine-similar of all 513 (``vq._codebook.nearest``);
     ``dequantize`` maps codes back to features a Whisper-style decoder can transcribe from.
     """
 
@@ -321,10 +322,6 @@ class Bottleneck(nn.Module):
         x = embs[:, :t].reshape(b, t // self.downsample, self.downsample, d).mean(-2)
         x = x + self.mlp(self.mlp_ln(x))
         return l2norm(self.vq.project_in(x))
-
-    def quantize(self, embs: Tensor) -> Tensor:
-        """Codes (batch, time // downsample) of encoder features; argmax over all 513 codes."""
-        return self.vq._codebook.nearest(self.pre_quant(embs))
 
     def dequantize(self, latents: Tensor, tokens: Tensor | None = None) -> Tensor:
         """Decoder-ready features from code vectors (batch, time, codebook_dim).

@@ -228,18 +228,27 @@ class WhisperVQ(nn.Module):
 
     # -- encoding ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_mels(self, mels: Sequence[Tensor]) -> list[Tensor]:
-        """Codes of log-mels (each (80, frames), at most 30 s), one batch, one code per 40 ms."""
+    def latents_mels(self, mels: Sequence[Tensor]) -> list[Tensor]:
+        """The l2-normalised vectors the quantizer compares with its codes (one per 40 ms,
+        ``(time, codebook_dim)``) of log-mels (each (80, frames), at most 30 s), one batch."""
         if max(m.shape[-1] for m in mels) > 2 * self.encoder.n_ctx:
             raise ValueError(f"a log-mel exceeds {2 * self.encoder.n_ctx} frames; use encode()")
         if self.window == "window":
             batch, frames = A.pad_mels(mels, 2 * self.encoder.n_ctx, A.MEL_PAD_VALUE)
         else:
             batch, frames = A.pad_mels(mels)
-        embs = self.encoder(batch, None if self.window == "window" else frames)
-        codes = self.bottleneck.quantize(embs)
+        latents = self.bottleneck.pre_quant(
+            self.encoder(batch, None if self.window == "window" else frames)
+        )
         keep = frames // (2 * self.bottleneck.downsample)
-        return [c[:k].cpu() for c, k in zip(codes, keep.tolist(), strict=True)]
+        return [x[:k] for x, k in zip(latents, keep.tolist(), strict=True)]
+
+    @torch.inference_mode()
+    def encode_mels(self, mels: Sequence[Tensor]) -> list[Tensor]:
+        """Codes of log-mels (each (80, frames), at most 30 s), one batch, one code per 40 ms:
+        the most cosine-similar code of each of :meth:`latents_mels`."""
+        nearest = self.bottleneck.vq._codebook.nearest
+        return [nearest(x).cpu() for x in self.latents_mels(mels)]
 
     def encode(
         self, clips: Sequence[np.ndarray], batch_size: int = 16, names: Sequence[str] | None = None
