@@ -37,9 +37,10 @@ test: setup
 	$(PY) -m pytest -q
 
 # Throughput figures and ratios (never asserted in tests): the speech pipeline per stage and
-# with 1 vs N workers.
+# with 1 vs N workers, then tokens/s (and MFU on a GPU) of the profile's training step.
 bench: setup
 	$(VENV)/bin/ichigo bench data --profile $(PROFILE)
+	$(VENV)/bin/ichigo bench train --profile $(PROFILE) --seq-len 512 --batch-size 4
 
 lint:
 	$(VENV)/bin/ruff format --check .

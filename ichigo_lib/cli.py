@@ -41,12 +41,36 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--force", action="store_true", help="re-execute even if unchanged")
     bench = sub.add_parser("bench", help="measure throughput and print figures and ratios")
-    bench.add_argument("what", choices=["data"], help="data: the text -> speech -> tokens pipeline")
+    bench.add_argument(
+        "what",
+        choices=["data", "train"],
+        help="data: the text -> speech -> tokens pipeline; train: tokens/s and MFU of a step",
+    )
     bench.add_argument("--profile", default="tiny")
     bench.add_argument("--rows", type=int, default=200, help="rows to push through (default 200)")
     bench.add_argument("--workers", type=int, nargs="*", help="worker counts (default 1 and N)")
     bench.add_argument("--quantizer", help="WhisperVQ file (default: random, profile's arch)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument(
+        "--arch",
+        default="profile",
+        help="train: profile (the profile's base_model.arch), llama-1b or llama-8b",
+    )
+    bench.add_argument(
+        "--vocab", type=int, help="train: vocabulary (default 128,771; 2,048 for a profile's arch)"
+    )
+    bench.add_argument("--seq-len", type=int, default=4096)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--steps", type=int, default=10, help="train: timed steps")
+    bench.add_argument("--warmup", type=int, default=3, help="train: untimed steps first")
+    bench.add_argument("--device", help="train: cuda when available, else cpu")
+    bench.add_argument("--dtype", choices=["bf16", "fp32"], help="train: bf16 on cuda, else fp32")
+    bench.add_argument("--compile", action="store_true", help="train: torch.compile the layers")
+    bench.add_argument(
+        "--no-activation-checkpointing", action="store_true", help="train: keep activations"
+    )
+    bench.add_argument("--peak-tflops", type=float, help="train: the device's peak, for MFU")
+    bench.add_argument("--out", help="train: also write the result as JSON here")
     data = sub.add_parser(
         "data",
         help="speak notebook 02's plan into its run directory: all of it, a --shard-range, or "
@@ -85,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         from ichigo_lib.config import load_config
-        from ichigo_lib.data.bench import bench_data
 
         cfg = load_config(args.profile, overrides)
+        if args.what == "train":
+            return _bench_train(args, cfg)
+        from ichigo_lib.data.bench import bench_data
+
         print(bench_data(cfg, args.quantizer, args.rows, args.workers))
         return 0
     if args.command == "run":
@@ -96,6 +123,52 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_execute:
             runner.run_all(args.profile, args.run_dir, None, overrides, args.force)
         runner.build_book(args.profile, args.run_dir)
+    return 0
+
+
+def _bench_train(args: argparse.Namespace, cfg) -> int:
+    """``ichigo bench train``: tokens/s and MFU of one training step (``train.bench``)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ichigo_lib.train import bench as B
+
+    if args.arch == "profile":
+        if cfg.base_model.arch is None:
+            raise SystemExit(
+                f"profile {cfg.profile} loads its base model ({cfg.base_model.source}) and has no "
+                f"base_model.arch; use --arch {' or '.join(B.ARCHS)}"
+            )
+        arch, vocab = cfg.base_model.arch, args.vocab or 2048
+    elif args.arch in B.ARCHS:
+        arch, vocab = B.ARCHS[args.arch], args.vocab or B.SOUND_VOCAB
+    else:
+        raise SystemExit(f"--arch must be profile or one of {sorted(B.ARCHS)}, got {args.arch!r}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    spec = B.TrainBench(
+        arch=arch,
+        vocab_size=vocab,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup_steps=args.warmup,
+        device=device,
+        dtype=args.dtype or ("bf16" if device.startswith("cuda") else "fp32"),
+        activation_checkpointing=not args.no_activation_checkpointing,
+        compile=args.compile,
+        row_lengths=(min(64, args.seq_len), min(1024, args.seq_len)),
+        peak_tflops=args.peak_tflops,
+    )
+    result = B.bench_train(spec)
+    print(f"ichigo bench train | arch {args.arch}")
+    print(B.format_result(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return 0
 
 
