@@ -266,7 +266,11 @@ def format_result(r: TrainBenchResult) -> str:
             f"activation checkpointing {c['activation_checkpointing']}, compile {c['compile']}",
         ),
         ("step time", f"{r.mean_step_s * 1e3:.1f} ms (mean of {len(r.step_seconds)})"),
-        ("tokens/s", f"{r.tokens_per_second:,.0f}"),
+        (
+            "tokens/s",
+            f"{r.tokens_per_second:,.0f} ({r.tokens_per_second * r.nonpad_fraction:,.0f} "
+            "non-pad, as torchtune's recipes count them)",
+        ),
         ("model TFLOP/s", f"{r.achieved_tflops:.2f} ({r.flops_per_token / 1e9:.2f} GFLOP/token)"),
         ("MFU", mfu + (f" of {r.peak_tflops:g} TFLOP/s" if r.peak_tflops else "")),
         ("peak memory", mem),
