@@ -111,13 +111,16 @@ def fetch_hf_checkpoint(
 def torchtune_llama_from_config(ckpt_dir: str | Path) -> torch.nn.Module:
     """An untrained torchtune Llama with the architecture of ``ckpt_dir/config.json`` (its
     vocabulary included, e.g. Llama-3.1-s's 128,771 tokens); Llama-3.1's scaled RoPE when
-    ``rope_scaling`` asks for it. The training configs name this as their model component."""
+    ``rope_scaling`` asks for it, and Llama-3.2's tied output (its 1B and 3B models) when
+    ``tie_word_embeddings`` does. The training configs name this as their model component."""
     from torchtune.models.llama3 import llama3
     from torchtune.models.llama3_1 import llama3_1
+    from torchtune.models.llama3_2 import llama3_2
 
     ckpt_dir = Path(ckpt_dir)
     config = validate_hf_checkpoint(ckpt_dir)
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    tied = bool(config.get("tie_word_embeddings", False))
     kwargs = dict(
         vocab_size=config["vocab_size"],
         num_layers=config["num_hidden_layers"],
@@ -140,7 +143,16 @@ def torchtune_llama_from_config(ckpt_dir: str | Path) -> torch.nn.Module:
                 f"{ckpt_dir}/config.json: llama3 RoPE scaling {rope} differs from Llama-3.1's "
                 f"{fixed}, the only one torchtune's llama3_1 builder implements"
             )
+        if tied:  # Llama-3.2's small models share the input embedding with the output
+            return llama3_2(
+                **kwargs, scale_factor=int(rope.get("factor", 32)), tie_word_embeddings=True
+            )
         return llama3_1(**kwargs, scale_factor=int(rope.get("factor", 8)))
+    if tied:
+        raise CheckpointError(
+            f"{ckpt_dir}/config.json: tied word embeddings with RoPE {rope or 'default'}; "
+            "torchtune builds tied Llamas only with Llama-3.2's llama3 RoPE scaling"
+        )
     if rope.get("rope_type", "default") == "default":
         return llama3(**kwargs)
     raise CheckpointError(f"{ckpt_dir}/config.json: unsupported RoPE scaling {rope}")

@@ -40,9 +40,10 @@ def test_tiny_init_checkpoint_loads_in_torchtune_with_hf_logits(tiny_ckpt):
     assert _same_logits(tiny_ckpt, ids)
 
 
-def test_llama31_layout_with_scaled_rope_loads_with_hf_logits(tmp_path):
-    """A tiny checkpoint in Llama-3.1-8B-Instruct's format (vocab 128256, llama3 RoPE scaling)."""
-    config = LlamaConfig(
+def _llama3_layout(tied: bool, factor: float) -> LlamaConfig:
+    """A tiny config in the format of Meta's Llama-3.x checkpoints (vocab 128256, llama3 RoPE
+    scaling): Llama-3.1-8B (untied, factor 8) or Llama-3.2-1B (tied, factor 32)."""
+    return LlamaConfig(
         vocab_size=128256,
         hidden_size=16,
         intermediate_size=32,
@@ -52,21 +53,42 @@ def test_llama31_layout_with_scaled_rope_loads_with_hf_logits(tmp_path):
         head_dim=8,
         max_position_embeddings=256,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         rope_parameters={
             "rope_type": "llama3",
             "rope_theta": 500000.0,
-            "factor": 8.0,
+            "factor": factor,
             "low_freq_factor": 1.0,
             "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192,
         },
     )
+
+
+@pytest.mark.parametrize("tied, factor", [(False, 8.0), (True, 32.0)], ids=["3.1-8B", "3.2-1B"])
+def test_llama3_layouts_with_scaled_rope_load_with_hf_logits(tmp_path, tied, factor):
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    LlamaForCausalLM(_llama3_layout(tied, factor)).save_pretrained(tmp_path)
     build_word_tokenizer(["x"]).save_pretrained(tmp_path)
     ids = torch.randint(0, 128256, (1, 200))
     assert _same_logits(tmp_path, ids)
+    # the torchtune model shares its output with its input embedding exactly when HF does
+    tt = torchtune_llama_from_hf(tmp_path)
+    assert ("output.weight" not in tt.state_dict()) == tied
+
+
+def test_tied_sound_init_stays_tied_and_keeps_old_logits(tmp_path):
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama3_layout(True, 32.0)).save_pretrained(tmp_path / "base")
+    build_word_tokenizer(["x"]).save_pretrained(tmp_path / "base")
+    write_sound_init(tmp_path / "base", tmp_path / "init")
+    old = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32).eval()
+    new = AutoModelForCausalLM.from_pretrained(tmp_path / "init", dtype=torch.float32).eval()
+    assert new.config.tie_word_embeddings and new.lm_head.weight is new.model.embed_tokens.weight
+    ids = torch.randint(0, 128256, (1, 40))
+    with torch.no_grad():
+        assert torch.allclose(old(ids).logits, new(ids).logits[..., :128256], atol=1e-5)
+    assert _same_logits(tmp_path / "init", ids)
 
 
 def test_local_directory_is_used_as_is(tiny_ckpt):

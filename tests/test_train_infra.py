@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ichigo_lib.checkpoints import (
     CheckpointError,
@@ -211,14 +211,35 @@ def test_truncated_metric_log_keeps_whole_lines_up_to_the_step(tmp_path):
     assert [r["step"] for r in read_metric_log(log)] == [1, 2]
 
 
+def _sound_init(root: Path, tied: bool = False) -> Path:
+    """A random tiny Llama with the sound tokens; ``tied``: in Llama-3.2-1B's layout (output
+    tied to the input embedding, llama3 RoPE scaling with factor 32)."""
+    init = write_llama_init(ARCH, build_word_tokenizer(WORDS), root / "init", seed=0)
+    if tied:
+        config = LlamaConfig.from_pretrained(init)
+        config.tie_word_embeddings = True
+        config.rope_parameters = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(init)
+    write_sound_init(init, root / "sound_init")
+    return root / "sound_init"
+
+
 @pytest.fixture
 def sound_init(tmp_path):
-    init = write_llama_init(ARCH, build_word_tokenizer(WORDS), tmp_path / "init", seed=0)
-    write_sound_init(init, tmp_path / "sound_init")
-    return tmp_path / "sound_init"
+    return _sound_init(tmp_path)
 
 
-def test_export_of_a_trained_sound_checkpoint_matches_torchtune_logits(tmp_path, sound_init):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_export_of_a_trained_sound_checkpoint_matches_torchtune_logits(tmp_path, tied):
+    sound_init = _sound_init(tmp_path, tied)
     rows = tmp_path / "sound.jsonl"
     gen = torch.Generator().manual_seed(0)
     with open(rows, "w") as fh:
@@ -254,6 +275,8 @@ def test_export_of_a_trained_sound_checkpoint_matches_torchtune_logits(tmp_path,
         torch.testing.assert_close(model(ids).logits, reference(ids), atol=1e-5, rtol=0)
         start = AutoModelForCausalLM.from_pretrained(sound_init, dtype=torch.float32)
         assert not torch.equal(start(ids).logits, model(ids).logits)  # the export is trained
+    assert model.config.tie_word_embeddings == tied
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
 
 
 def test_failed_export_leaves_the_previous_export_untouched(tmp_path, sound_init):
