@@ -316,8 +316,18 @@ def test_published_datasets_load_in_the_books_row_formats(tmp_path):
     )
     with pytest.raises(HubDataError, match="row 0: 'tokens'"):
         hub_rows(str(tmp_path / "bad.parquet"))
-    datasets.Dataset.from_list([{"text": "hello"}]).to_parquet(str(tmp_path / "other.parquet"))
-    with pytest.raises(HubDataError, match="expected a 'tokens' or 'conversations' column"):
+    # upstream's sound-completion datasets hold each audio turn as a string in "text"
+    turns = [T.audio_turn([5, 6]), T.codes_to_string([7])]
+    datasets.Dataset.from_list([{"text": t} for t in turns]).to_parquet(str(tmp_path / "t.parquet"))
+    assert hub_rows(str(tmp_path / "t.parquet")) == [
+        {"text": T.audio_turn([5, 6]), "source": 0},
+        {"text": T.audio_turn([7]), "source": 1},
+    ]
+    datasets.Dataset.from_list([{"text": "hello"}]).to_parquet(str(tmp_path / "words.parquet"))
+    with pytest.raises(HubDataError, match="row 0: 'text': expected a sound token"):
+        hub_rows(str(tmp_path / "words.parquet"))
+    datasets.Dataset.from_list([{"prompt": "x"}]).to_parquet(str(tmp_path / "other.parquet"))
+    with pytest.raises(HubDataError, match="expected a 'tokens', 'text' or 'conversations'"):
         hub_rows(str(tmp_path / "other.parquet"))
 
 

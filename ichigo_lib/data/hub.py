@@ -1,7 +1,8 @@
 """Published phase datasets (the ``full`` profile) in this book's row formats.
 
-Upstream released its synthetic data as HF datasets with rows ``{index, tokens}`` (sound-only,
-phase 1) or ``{index, conversations: [{role, content}]}`` (chat rows whose audio turns are
+Upstream released its synthetic data as HF datasets with rows ``{index, tokens}`` or ``{text}``
+(sound-only, phase 1: codes, or one audio turn as a string, the column upstream's torchtune
+configs read) or ``{index, conversations: [{role, content}]}`` (chat rows whose audio turns are
 already ``<|sound_start|>..<|sound_end|>`` strings). :func:`hub_rows` loads either, from the hub
 (``"owner/name"`` or ``"owner/name:config"``) or a local file/directory in the same format, and
 returns rows as :mod:`ichigo_lib.data.phases` writes them.
@@ -45,17 +46,20 @@ def hub_rows(ref: str, split: str = "train") -> list[dict[str, Any]]:
     ds = load_published(ref, split)
     columns = set(ds.column_names)
     out = []
-    if "tokens" in columns:
+    sound = "tokens" if "tokens" in columns else "text" if "text" in columns else None
+    if sound is not None:
         for i, row in enumerate(ds):
             try:
-                out.append({"text": T.audio_turn(row["tokens"]), "source": row.get("index", i)})
+                value = row[sound]
+                codes = T.string_to_codes(value) if isinstance(value, str) else value
+                out.append({"text": T.audio_turn(codes), "source": row.get("index", i)})
             except T.SoundTokenError as err:
-                raise HubDataError(f"{ref}: row {i}: 'tokens': {err}") from err
+                raise HubDataError(f"{ref}: row {i}: '{sound}': {err}") from err
         return out
     key = "conversations" if "conversations" in columns else "messages"
     if key not in columns:
         raise HubDataError(
-            f"{ref}: expected a 'tokens' or 'conversations' column, found {sorted(columns)}"
+            f"{ref}: expected a 'tokens', 'text' or 'conversations' column, found {sorted(columns)}"
         )
     for i, row in enumerate(ds):
         chat = row[key]
