@@ -16,11 +16,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ichigo_lib.config import LlamaArch
+from ichigo_lib.errors import IchigoError
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "original/tokenizer.model"]
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(IchigoError, FileNotFoundError):
     """A checkpoint directory that cannot be used; the message says what is missing."""
 
 

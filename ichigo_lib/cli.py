@@ -1,26 +1,81 @@
-"""``ichigo`` command line: run notebooks under a profile, build the book, benchmark."""
+"""``ichigo`` command line: run notebooks under a profile, build the book, benchmark.
+
+The library's expected errors (:class:`~ichigo_lib.errors.IchigoError`: config, audio, endpoint,
+missing upstream run, hub data), raised here or inside an executed notebook, end the command
+with one line naming the culprit and exit status 1; anything else is a bug and keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
 from ichigo_lib import runner
+from ichigo_lib.errors import IchigoError
 
 
 def _overrides(pairs: list[str]) -> dict:
+    from ichigo_lib.config import ConfigError
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got '{pair}'")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{pair}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"--set {pair}: the value is not valid YAML ({problem})") from err
     return out
 
 
+def _expected_error_names() -> set[str]:
+    """Class names of every :class:`IchigoError` subclass (as a notebook's kernel reports them)."""
+    import ichigo_lib.checkpoints  # noqa: F401  (imported so their error classes are known)
+    import ichigo_lib.data.hub  # noqa: F401
+    import ichigo_lib.data.pipeline  # noqa: F401
+    import ichigo_lib.speech.tts  # noqa: F401
+    import ichigo_lib.speech.whispervq  # noqa: F401
+    import ichigo_lib.train.launch  # noqa: F401
+    import ichigo_lib.train.resume  # noqa: F401
+
+    names, todo = set(), [IchigoError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def error_line(err: BaseException) -> str | None:
+    """The one-line message for an expected error, or None for a bug (keep its traceback)."""
+    if isinstance(err, IchigoError):
+        return f"{type(err).__name__}: {err}"
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError) and err.ename in _expected_error_names():
+        return f"{err.ename} in notebook cell [{err.exec_count}]: {err.evalue}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``ichigo``: returns the exit status; expected errors print one line and give 1."""
+    try:
+        return _main(argv)
+    except Exception as err:
+        line = error_line(err)
+        if line is None:
+            raise
+        print(f"ichigo: error: {line}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="ichigo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -93,10 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument(
         "--out", help="report path (default <run-dir>/<profile>/eval_report/report.json)"
     )
+    ask = sub.add_parser(
+        "ask",
+        help="answer spoken questions (audio files) with a finished run's model: the file's "
+        "sound tokens and the greedy reply",
+    )
+    ask.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files")
+    ask.add_argument("--profile", default="tiny")
+    ask.add_argument("--run-dir", default="runs")
+    ask.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ask.add_argument("--phase", default="3", choices=["1", "2", "3"], help="which phase's model")
     args = parser.parse_args(argv)
     overrides = _overrides(args.set)
     if args.command == "eval":
         return _evaluate(args, overrides)
+    if args.command == "ask":
+        return _ask(args, overrides)
     if args.command == "data":
         from ichigo_lib.data.build import speak_shards
 
@@ -129,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 def _bench_train(args: argparse.Namespace, cfg) -> int:
     """``ichigo bench train``: tokens/s and MFU of one training step (``train.bench``)."""
     import json
-    from pathlib import Path
 
     import torch
 
@@ -175,7 +241,6 @@ def _bench_train(args: argparse.Namespace, cfg) -> int:
 def _evaluate(args: argparse.Namespace, overrides: dict) -> int:
     """``ichigo eval``: the same library calls as notebook 07, without a notebook."""
     import json
-    from pathlib import Path
 
     from ichigo_lib.config import load_config
     from ichigo_lib.evaluate import report as R
@@ -199,6 +264,37 @@ def _evaluate(args: argparse.Namespace, overrides: dict) -> int:
     R.write_report(report, out)
     print(json.dumps(report["metrics"], indent=2, sort_keys=True))
     print(f"report: {out}")
+    return 0
+
+
+def _ask(args: argparse.Namespace, overrides: dict) -> int:
+    """``ichigo ask``: each audio file through the quantizer of 01 and a phase's model."""
+    from ichigo_lib import tokens as T
+    from ichigo_lib.config import load_config
+    from ichigo_lib.evaluate import report as R
+    from ichigo_lib.evaluate import speech_chat
+    from ichigo_lib.runs import repo_root
+    from ichigo_lib.speech.audio import load_audio
+    from ichigo_lib.speech.whispervq import load_whispervq
+
+    cfg = load_config(args.profile, overrides)
+    run_dir = Path(args.run_dir)
+    run_dir = run_dir if run_dir.is_absolute() else repo_root() / run_dir
+    wavs = [load_audio(path) for path in args.audio]  # every file readable before models load
+    inputs = R.EvalInputs.from_manifests(R.manifest_reader(run_dir, cfg.profile))
+    vq = load_whispervq(
+        inputs.quantizer, cfg.speech.whisper, cfg.speech.whisper_root, device=cfg.eval.device
+    )
+    early = speech_chat.EarlyFusion(
+        speech_chat.quantizer_encoder(vq),
+        speech_chat.ChatModel(inputs.models[f"phase {args.phase}"], cfg.eval.device),
+        cfg.eval.max_new_tokens,
+    )
+    for path, wav in zip(args.audio, wavs, strict=True):
+        messages = early.messages(wav)
+        codes = T.string_to_codes(messages[0]["content"])
+        reply = early.llm.reply(messages, early.max_new_tokens)
+        print(f"{path}: {len(codes)} sound tokens -> {reply!r}")
     return 0
 
 

@@ -19,13 +19,23 @@ from typing import Any, Literal
 
 import yaml
 
+from ichigo_lib.errors import IchigoError
 from ichigo_lib.world import WorldConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(IchigoError, ValueError):
     """A profile or override that does not fit the schema."""
+
+
+class _SectionError(ConfigError):
+    """A section's own validation failed; ``load_config`` names the layers that set its keys."""
+
+    def __init__(self, section: str, problem: str) -> None:
+        super().__init__(f"section '{section or 'top level'}': {problem}")
+        self.section = section
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -354,18 +364,43 @@ def load_config(profile: str | Path = "tiny", overrides: dict | str | None = Non
     """Load a profile (following ``extends``), apply ``overrides`` and validate everything."""
     path = profile_path(profile)
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # dotted key -> the layer that set it last
     for layer_path in _extends_chain(path):
         layer = _read_yaml(layer_path)
         _check_keys(Config, layer, str(layer_path), prefix="")
         merged = _deep_merge(merged, layer)
+        origins |= dict.fromkeys(_leaves(layer), str(layer_path))
     if overrides:
-        source = "overrides (notebook parameters)"
+        source = "overrides (--set or notebook parameters)"
         layer = _nest_dotted(_parse_overrides(overrides, source), source)
         _check_keys(Config, layer, source, prefix="")
         merged = _deep_merge(merged, layer)
+        origins |= {key: f"override {key}={value!r}" for key, value in _leaves(layer).items()}
     merged["profile"] = path.stem
     merged.setdefault("description", "")
-    return _build(Config, merged, str(path), prefix="")
+    try:
+        return _build(Config, merged, str(path), prefix="")
+    except _SectionError as err:
+        raise ConfigError(f"{_culprits(origins, err.section)}: {err}") from err
+
+
+def _leaves(layer: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested mapping under its dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _culprits(origins: dict[str, str], section: str) -> str:
+    """Who set the keys of a section that failed its validation: the overrides among them
+    first (the likely cause), then the files."""
+    inside = [src for key, src in origins.items() if not section or key.startswith(section + ".")]
+    named = list(dict.fromkeys(sorted(inside, key=lambda src: not src.startswith("override"))))
+    return ", ".join(named) if named else "defaults"
 
 
 def _extends_chain(path: Path) -> list[Path]:
@@ -471,9 +506,7 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as err:  # a section's own validation (e.g. WorldConfig ranges)
-        raise ConfigError(
-            f"{source}: section '{prefix.rstrip('.') or 'top level'}': {err}"
-        ) from err
+        raise _SectionError(prefix.rstrip("."), str(err)) from err
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:

@@ -1,9 +1,12 @@
 """A small client for OpenAI-compatible chat-completions endpoints (vLLM, hosted APIs).
 
 Used to generate refusal phrasings and as the LLM judge. Stdlib only (``urllib``): retries with
-exponential backoff on timeouts, connection errors, HTTP 429 and 5xx; other 4xx fail at once.
-Replies can be cached on disk, one JSON file per request, so re-running a notebook costs
-nothing and gives the same text.
+exponential backoff on timeouts, connection errors, HTTP 429 and 5xx, malformed replies and
+replies the caller rejects (``accept``); other 4xx fail at once. Replies can be cached on disk,
+one JSON file per request (only accepted ones), so re-running a notebook costs nothing, gives
+the same text and asks again only for what failed. ``complete_many(..., return_errors=True)``
+returns each failed request's ``EndpointError`` in its place instead of raising, except
+``EndpointRefused`` (401/403/404: every request would fail the same way).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ichigo_lib.errors import IchigoError
 
 URL_ENV = "ICHIGO_JUDGE_URL"
 MODEL_ENV = "ICHIGO_JUDGE_MODEL"
@@ -30,12 +36,35 @@ JUDGE_CONFIGURE = (
 _EXCERPT_CHARS = 200
 
 
-class EndpointError(RuntimeError):
-    """An endpoint that is not configured, unreachable, or answers something unusable."""
+class EndpointError(IchigoError, RuntimeError):
+    """An endpoint that is not configured, unreachable, or answers something unusable.
+
+    ``reason`` is a short kind for reports (``timeout``, ``HTTP 500``, ``malformed reply``, or the
+    caller's own, e.g. ``no rating``); ``reply`` is the last reply's text when one came back but
+    was rejected.
+    """
+
+    def __init__(self, message: str, reason: str = "error", reply: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.reply = reply
+
+
+class EndpointRefused(EndpointError):
+    """HTTP 401, 403 or 404: wrong key, URL or model, so every request would fail alike."""
 
 
 class _Retryable(Exception):
     """A failed attempt worth trying again (kept as the cause if the retries run out)."""
+
+    def __init__(self, message: str, reason: str, reply: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.reply = reply
+
+
+Accept = Callable[[str], str | None]
+"""Checks a reply: ``None`` to accept it, else the reason it is rejected (then retried)."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +146,13 @@ def _content(body: bytes) -> str:
         content = json.loads(body)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise _Retryable(
-            f"malformed reply (no choices[0].message.content): {_excerpt(body)}"
+            f"malformed reply (no choices[0].message.content): {_excerpt(body)}",
+            "malformed reply",
         ) from err
     if not isinstance(content, str):
-        raise _Retryable(f"malformed reply (content is not a string): {_excerpt(body)}")
+        raise _Retryable(
+            f"malformed reply (content is not a string): {_excerpt(body)}", "malformed reply"
+        )
     return content
 
 
@@ -140,8 +172,12 @@ class ChatClient:
         self.cache_hits = 0
         self._lock = threading.Lock()
 
-    def complete(self, messages: list[dict[str, Any]]) -> str:
-        """The assistant's reply to ``messages`` (OpenAI format: ``{"role", "content"}``)."""
+    def complete(self, messages: list[dict[str, Any]], accept: Accept | None = None) -> str:
+        """The assistant's reply to ``messages`` (OpenAI format: ``{"role", "content"}``).
+
+        A reply that ``accept`` rejects is retried like a failed request and never cached (a
+        cached one it rejects is asked again).
+        """
         if not messages:
             raise ValueError("messages must not be empty")
         payload = {
@@ -152,21 +188,44 @@ class ChatClient:
         }
         cache_file = self._cache_file(payload)
         if cache_file is not None and cache_file.exists():
-            with self._lock:
-                self.cache_hits += 1
-            return json.loads(cache_file.read_text())["content"]
-        content = self._post(json.dumps(payload).encode())
+            content = json.loads(cache_file.read_text())["content"]
+            if accept is None or accept(content) is None:
+                with self._lock:
+                    self.cache_hits += 1
+                return content
+        content = self._post(json.dumps(payload).encode(), accept)
         if cache_file is not None:
             self._write_cache(cache_file, payload, content)
         return content
 
-    def complete_many(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
-        """Replies to each conversation, in order, at most ``max_concurrency`` in flight."""
+    def complete_many(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        accept: Accept | None = None,
+        return_errors: bool = False,
+    ) -> list[Any]:
+        """Replies to each conversation, in order, at most ``max_concurrency`` in flight.
+
+        With ``return_errors`` a request that fails after its retries gives its
+        ``EndpointError`` in place of the reply and the others go on; ``EndpointRefused`` is
+        still raised.
+        """
         if not conversations:
             return []
+
+        def one(messages: list[dict[str, Any]]) -> Any:
+            try:
+                return self.complete(messages, accept)
+            except EndpointRefused:
+                raise
+            except EndpointError as err:
+                if not return_errors:
+                    raise
+                return err
+
         workers = min(self.endpoint.max_concurrency, len(conversations))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self.complete, conversations))
+            return list(pool.map(one, conversations))
 
     def _cache_file(self, payload: dict[str, Any]) -> Path | None:
         if self.cache_dir is None:
@@ -186,7 +245,7 @@ class ChatClient:
             os.unlink(tmp)
             raise
 
-    def _post(self, data: bytes) -> str:
+    def _post(self, data: bytes, accept: Accept | None) -> str:
         ep = self.endpoint
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(ep.api_key_env, "")
@@ -200,11 +259,17 @@ class ChatClient:
                 self.requests += 1
             request = urllib.request.Request(ep.completions_url, data, headers, method="POST")
             try:
-                return self._attempt(request)
+                content = self._attempt(request)
+                rejected = accept(content) if accept is not None else None
+                if rejected is None:
+                    return content
+                raise _Retryable(f"{rejected}: {_excerpt(content)}", rejected, content)
             except _Retryable as err:
                 last = err
         raise EndpointError(
-            f"POST {ep.completions_url} failed after {attempts} attempt(s): {last}"
+            f"POST {ep.completions_url} failed after {attempts} attempt(s): {last}",
+            last.reason,
+            last.reply,
         ) from last
 
     def _attempt(self, request: urllib.request.Request) -> str:
@@ -215,8 +280,11 @@ class ChatClient:
         except urllib.error.HTTPError as err:
             message = _excerpt(err.read())
             if err.code == 429 or err.code >= 500:
-                raise _Retryable(f"HTTP {err.code}: {message}") from err
-            raise EndpointError(f"POST {url} returned HTTP {err.code}: {message}") from err
+                raise _Retryable(f"HTTP {err.code}: {message}", f"HTTP {err.code}") from err
+            kind = EndpointRefused if err.code in (401, 403, 404) else EndpointError
+            raise kind(
+                f"POST {url} returned HTTP {err.code}: {message}", f"HTTP {err.code}"
+            ) from err
         except (
             TimeoutError,
             ConnectionError,
@@ -224,6 +292,10 @@ class ChatClient:
             http.client.HTTPException,
         ) as err:
             reason = getattr(err, "reason", err)
-            kind = "timed out" if isinstance(reason, TimeoutError) else "connection failed"
-            raise _Retryable(f"{kind} ({type(reason).__name__}: {reason})") from err
+            timed_out = isinstance(reason, TimeoutError)
+            kind = "timed out" if timed_out else "connection failed"
+            raise _Retryable(
+                f"{kind} ({type(reason).__name__}: {reason})",
+                "timeout" if timed_out else "connection failed",
+            ) from err
         return _content(body)

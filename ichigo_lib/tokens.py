@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ichigo_lib.errors import IchigoError
+
 NUM_CODES = 513
 MASK_CODE = 512
 SOUND_START = "<|sound_start|>"
@@ -31,7 +33,7 @@ _FIXED = np.ones(_TOKEN_LEN, dtype=bool)
 _FIXED[_DIGITS] = False
 
 
-class SoundTokenError(ValueError):
+class SoundTokenError(IchigoError, ValueError):
     """Malformed sound codes, sound-token text, sound ids or sound-token layout."""
 
 

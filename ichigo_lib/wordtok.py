@@ -17,6 +17,8 @@ from torchtune.data import Message
 from torchtune.modules.transforms import Transform
 from transformers import PreTrainedTokenizerFast
 
+from ichigo_lib.errors import IchigoError
+
 BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<unk>"
 START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, START_HEADER, END_HEADER, EOT)
@@ -121,7 +123,7 @@ class WordTokenizer(Transform):
         return sample
 
 
-class OverLongError(ValueError):
+class OverLongError(IchigoError, ValueError):
     """A sequence longer than ``max_seq_len``: counted and reported by callers, never cut."""
 
     def __init__(self, length: int, max_seq_len: int):

@@ -47,29 +47,40 @@ def test_endpoint_judge_survives_5xx_and_garbage_then_parses_ratings(tmp_path, m
         Reply(503, {"error": "overloaded"}),
         Reply(200, "<html>not json</html>"),
         Reply(body=chat("Same colour as the reference.\nRating: 5")),
-        Reply(body=chat("I would rather not grade this.")),  # odd reply: no rating
     ]
-    with serve(lambda i, req: script[i]) as stub:
-        cfg = _judge_cfg(url=stub.url, model="judge-x", api_key_env="MY_JUDGE_KEY", concurrency=1)
+    odd = Reply(body=chat("I would rather not grade this."))  # no rating, every time
+
+    with serve(lambda i, req: script[i] if i < len(script) else odd) as stub:
+        cfg = _judge_cfg(
+            url=stub.url,
+            model="judge-x",
+            api_key_env="MY_JUDGE_KEY",
+            concurrency=1,
+            max_retries=2,
+        )
         judge = R.make_judge(cfg, tmp_path / "cache")
         out = judge.score(["q1", "q2"], ["green", "blue"], ["green", "green"])
         assert judge.name == "llm:judge-x"
-        assert [r.rating for r in out] == [5, None]
+        assert [r.rating for r in out] == [5, None] and out[1].raw == odd.body["choices"][0][
+            "message"
+        ]["content"]
         assert J.summarise(out)["judge_parse_failures"] == 1
+        assert J.summarise(out)["judge_failures"] == 0
         assert stub.headers[0]["authorization"] == "Bearer secret-token"
-        # cached: the same questions again cost no request
+        assert len(stub.requests) == 6  # 3 attempts each
+        # cached: the good rating costs no request again, the unparsed reply is asked again
         again = R.make_judge(cfg, tmp_path / "cache").score(
             ["q1", "q2"], ["green", "blue"], ["green", "green"]
         )
-        assert [r.rating for r in again] == [5, None] and len(stub.requests) == 4
+        assert [r.rating for r in again] == [5, None] and len(stub.requests) == 9
 
 
-def test_endpoint_judge_timeout_is_retried_then_reported():
+def test_endpoint_judge_timeout_is_retried_then_recorded_as_a_failure():
     with serve(lambda i, req: Reply(body=chat("Rating: 3"), delay_s=0.5)) as stub:
         cfg = _judge_cfg(url=stub.url, model="slow", timeout_s=0.1, max_retries=1)
         judge = R.make_judge(cfg, None)
-        with pytest.raises(EndpointError, match="timed out"):
-            judge.score(["q"], ["a"], ["a"])
+        (result,) = judge.score(["q"], ["a"], ["a"])
+        assert result.failure == "timeout" and "timed out" in result.raw
         assert len(stub.requests) == 2
 
 
@@ -257,6 +268,7 @@ def fake_report(profile="smoke"):
     speech = {
         "judge_score_mean": 4.25,
         "judge_parse_failures": 0,
+        "judge_failures": 1,
         "judge_n": 4,
         "exact_match": 0.75,
     }
@@ -317,6 +329,7 @@ def test_results_tables_are_read_from_the_manifest_with_paper_numbers_beside(tmp
     judged = tables["judge_table"]
     assert judged.loc["phase 3 (this run)", "judge"] == "reference-match"
     assert judged.loc["phase 3 (this run)", "mean rating (0-5)"] == "4.25"
+    assert judged.loc["phase 3 (this run)", "judge failed"] == 1
     assert judged.loc["paper, phase 3 (OpenHermes-Audio)", "judge"] == "GPT-4 (AudioBench)"
     assert tables["wer_table"].loc["phase 3", "fr"] == 0.32
     lat = tables["latency_table"]
@@ -338,6 +351,7 @@ def test_headline_values_for_the_prose_say_n_a_for_undefined_numbers(tmp_path):
     values = results.headline_values(read_manifest(run.finish()))
     assert values["profile"] == "smoke" and values["judge_name"] == "reference-match"
     assert values["judge_score_mean"] == "4.25" and values["refusal_precision"] == "n/a"
+    assert (values["judge_failures"], values["judge_unparsed"]) == (1, 0)
     assert values["mc_phase2"] == 0.61 and values["ttft_ratio"] == 0.3125
     assert values["paper_ttft_ratio"] == pytest.approx(111.52 / 453.18)
 

@@ -12,7 +12,7 @@ from ichigo_lib import tokens as T
 from ichigo_lib.config import Phase3DataConfig, load_config
 from ichigo_lib.data import inaudible as I
 from ichigo_lib.data import refusals as R
-from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointError
+from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointError, EndpointRefused
 from ichigo_lib.world import build_world, words
 
 RNG = np.random.default_rng(7)
@@ -163,38 +163,69 @@ def test_generate_refusals_over_http_dedupes_and_caches(tmp_path):
         return Reply(body=chat(texts[i % 2] if i < 2 else f"Variant {i}: I could not hear you."))
 
     with serve(script) as stub:
-        got, rejected = R.generate_refusals(writer(stub.url, tmp_path, max_concurrency=1), 4)
-        assert len(got) == 4 and rejected == 0 and got[1] == "I cannot hear you, sorry."
+        got, stats = R.generate_refusals(writer(stub.url, tmp_path, max_concurrency=1), 4)
+        assert len(got) == 4 and got[1] == "I cannot hear you, sorry."
+        assert stats == {
+            "requests_sent": 4,
+            "duplicates": 0,
+            "failed_requests": 0,
+            "failure_reasons": {},
+        }
         assert "Variant 1" in stub.requests[0]["messages"][1]["content"]
         cached = writer(stub.url, tmp_path)
         assert R.generate_refusals(cached, 4)[0] == got and cached.requests == 0
 
 
-def test_generate_refusals_retries_5xx_and_skips_unusable_replies():
+def test_generate_refusals_retries_5xx_and_unusable_replies():
     def script(i, req):
         if i == 0:
             return Reply(503, {"error": "loading"})
         if i == 1:
             return Reply(body="{not json")  # malformed: retried by the client
         if i in (2, 3):
-            return Reply(body=chat("Paris is the capital of France."))  # not a refusal
+            return Reply(body=chat("Paris is the capital of France."))  # not a refusal: retried
         return Reply(body=chat(f"Sorry ({i}), I could not hear you."))
 
     with serve(script) as stub:
-        got, rejected = R.generate_refusals(writer(stub.url, max_retries=2, max_concurrency=1), 2)
-    assert len(got) == 2 and rejected >= 1
+        client = writer(stub.url, max_retries=2, max_concurrency=1)
+        got, stats = R.generate_refusals(client, 2)
+    # request 1 fails 3 times (503, malformed, not a refusal), request 2 is asked again
+    assert len(got) == 2 and stats["failed_requests"] == 1
+    assert stats["failure_reasons"] == {"not a usable refusal": 1}
+    assert client.requests == 6
 
 
-def test_generate_refusals_gives_up_with_a_clear_error():
+def test_a_failing_writer_stops_after_one_empty_round_and_reports_why():
     with serve(lambda i, req: Reply(body=chat("Here is a poem."))) as stub:
-        with pytest.raises(EndpointError, match="only 0 usable distinct refusals"):
-            R.generate_refusals(writer(stub.url), 2, max_requests=4)
+        got, stats = R.generate_refusals(writer(stub.url), 2, max_requests=40)
+    assert got == [] and stats["requests_sent"] == 2
+    assert stats["failure_reasons"] == {"not a usable refusal": 2}
     with serve(lambda i, req: Reply(body=chat("late"), delay_s=0.6)) as stub:
-        with pytest.raises(EndpointError, match="timed out"):
-            R.generate_refusals(writer(stub.url, timeout_s=0.2), 1)
+        assert R.generate_refusals(writer(stub.url, timeout_s=0.2), 1)[1]["failure_reasons"] == {
+            "timeout": 1
+        }
     with serve(lambda i, req: Reply(500, {"error": "boom"})) as stub:
-        with pytest.raises(EndpointError, match="HTTP 500"):
+        assert R.generate_refusals(writer(stub.url), 1)[1]["failure_reasons"] == {"HTTP 500": 1}
+    with serve(lambda i, req: Reply(401, {"error": "bad key"})) as stub:
+        with pytest.raises(EndpointRefused, match="HTTP 401"):
             R.generate_refusals(writer(stub.url), 1)
+
+
+def test_refusals_for_fills_what_the_writer_could_not_write_from_the_pool(tmp_path, capsys):
+    def script(i, req):
+        if "Variant 1." in req["messages"][1]["content"]:
+            return Reply(body=chat("Sorry, I could not hear you."))
+        return Reply(500, {"error": "boom"})
+
+    with serve(script) as stub:
+        cfg = Phase3DataConfig(
+            refusal_source="endpoint", refusal_url=stub.url, refusal_model="q", refusal_pool_size=5
+        )
+        pool, summary = R.refusals_for(cfg, tmp_path, max_retries=0, backoff_s=0.0)
+    assert len(pool) == 5 and len({R.normalise(p) for p in pool}) == 5
+    assert pool[0] == "Sorry, I could not hear you." and all(map(R.is_refusal, pool))
+    assert summary["from_pool"] == 4 and summary["failure_reasons"] == {"HTTP 500": 8}
+    assert "wrote 1 of 5 phrasings" in capsys.readouterr().err
 
 
 def test_no_refusal_endpoint_configured_is_a_clear_error(monkeypatch, tmp_path):
@@ -217,6 +248,7 @@ def test_refusals_for_writes_through_the_endpoint(tmp_path):
         )
         pool, summary = R.refusals_for(cfg, tmp_path, max_retries=0)
     assert len(pool) == 5 and summary["requests"] == 5 and summary["source"] == "endpoint q"
+    assert summary["from_pool"] == 0 and summary["failed_requests"] == 0
 
 
 def test_phase2_rows_are_replayed_and_counted_in_the_fraction():

@@ -12,7 +12,7 @@ from ichigo_lib.evaluate.judge import (
     parse_rating,
     summarise,
 )
-from ichigo_lib.llm_client import ChatClient, ChatEndpoint
+from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointRefused
 
 
 @pytest.mark.parametrize(
@@ -101,25 +101,73 @@ def test_llm_judge_rates_each_answer_in_order_over_http():
         return Reply(body=chat(replies[answer]), delay_s=0.01 * (3 - i))
 
     with serve(script) as stub:
-        endpoint = ChatEndpoint(url=stub.url, model="judge-70b", backoff_s=0.01)
+        endpoint = ChatEndpoint(url=stub.url, model="judge-70b", backoff_s=0.01, max_retries=1)
         judge = LLMJudge(ChatClient(endpoint))
         q = "What is the capital of France?"
         results = judge.score([q] * 3, ["Paris", "Lyon", "dunno"], ["Paris"] * 3)
     assert judge.name == "llm:judge-70b"
     assert [r.rating for r in results] == [5, 1, None]
     assert [r.raw for r in results] == list(replies.values())
+    assert len(stub.requests) == 4  # the reply without a rating was asked twice
     assert all(req["model"] == "judge-70b" and req["temperature"] == 0.0 for req in stub.requests)
     assert summarise(results) == {
-        "judge_score_mean": 3.0,
+        "judge_score_mean": 2.0,  # the unparsed reply scores 0 and counts (AudioBench)
+        "judge_score_mean_rated": 3.0,
+        "judge_rated": 2,
         "judge_parse_failures": 1,
+        "judge_failures": 0,
+        "judge_failure_reasons": {},
         "judge_n": 3,
     }
 
 
+def test_failed_judge_calls_score_zero_with_their_reason_and_the_run_goes_on(tmp_path):
+    def script(i, req):
+        answer = req["messages"][0]["content"].split("[Model Answer]\n")[1].split("\n")[0]
+        return {
+            "good": Reply(body=chat("Fine.\nRating: 4")),
+            "slow": Reply(body=chat("Rating: 5"), delay_s=0.5),
+            "boom": Reply(500, {"error": "overloaded"}),
+            "junk": Reply(body="<html>gateway</html>"),
+            "shape": Reply(body={"object": "chat.completion"}),
+        }[answer]
+
+    answers = ["good", "slow", "boom", "junk", "shape"]
+    with serve(script) as stub:
+        endpoint = ChatEndpoint(url=stub.url, model="j", backoff_s=0.0, timeout_s=0.2)
+        results = LLMJudge(ChatClient(endpoint, tmp_path)).score(["q"] * 5, answers, ["r"] * 5)
+    assert [r.rating for r in results] == [4, None, None, None, None]
+    assert [r.failure for r in results] == [
+        None,
+        "timeout",
+        "HTTP 500",
+        "malformed reply",
+        "malformed reply",
+    ]
+    assert "HTTP 500" in results[2].raw and "overloaded" in results[2].raw
+    summary = summarise(results)
+    assert summary["judge_score_mean"] == 0.8 and summary["judge_failures"] == 4
+    assert summary["judge_failure_reasons"] == {"HTTP 500": 1, "malformed reply": 2, "timeout": 1}
+    assert summary["judge_rated"] + summary["judge_parse_failures"] + 4 == summary["judge_n"]
+    assert len(list(tmp_path.iterdir())) == 1  # only the good rating is cached
+
+
+def test_a_judge_that_refuses_every_request_stops_the_run():
+    with serve(lambda i, req: Reply(401, {"error": "invalid api key"})) as stub:
+        judge = LLMJudge(ChatClient(ChatEndpoint(url=stub.url, model="j", backoff_s=0.0)))
+        with pytest.raises(EndpointRefused, match="HTTP 401.*invalid api key"):
+            judge.score(["q"], ["a"], ["r"])
+
+
 def test_summarise_without_parsed_ratings():
     assert summarise([JudgeResult(None, "?")]) == {
-        "judge_score_mean": None,
+        "judge_score_mean": 0.0,
+        "judge_score_mean_rated": None,
+        "judge_rated": 0,
         "judge_parse_failures": 1,
+        "judge_failures": 0,
+        "judge_failure_reasons": {},
         "judge_n": 1,
     }
-    assert summarise([]) == {"judge_score_mean": None, "judge_parse_failures": 0, "judge_n": 0}
+    empty = summarise([])
+    assert empty["judge_score_mean"] is None and empty["judge_n"] == 0

@@ -5,7 +5,13 @@ import json
 import pytest
 from http_stub import Reply, chat, serve
 
-from ichigo_lib.llm_client import ChatClient, ChatEndpoint, EndpointError, endpoint_from
+from ichigo_lib.llm_client import (
+    ChatClient,
+    ChatEndpoint,
+    EndpointError,
+    EndpointRefused,
+    endpoint_from,
+)
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -151,6 +157,44 @@ def test_complete_many_preserves_order_and_bounds_concurrency():
     assert replies == [f"answer {n}" for n in range(10)]
     assert stub.max_in_flight == 3
     assert client_for("http://127.0.0.1:9/v1").complete_many([]) == []
+
+
+def test_rejected_replies_are_retried_and_never_cached(tmp_path):
+    def accept(reply):
+        return None if reply.endswith("ok") else "not ok"
+
+    with serve(lambda i, req: Reply(body=chat("ok" if i == 1 else f"bad {i}"))) as stub:
+        client = client_for(stub.url, cache_dir=tmp_path, max_retries=1)
+        assert client.complete(HELLO, accept) == "ok" and client.requests == 2
+        (cached,) = tmp_path.iterdir()
+        cached.write_text(json.dumps({"content": "stale"}))  # a cached reply it now rejects
+        with pytest.raises(EndpointError, match="not ok: 'bad 3'") as err:
+            client.complete(HELLO, accept)
+    assert (err.value.reason, err.value.reply) == ("not ok", "bad 3")
+    assert json.loads(cached.read_text())["content"] == "stale"  # nothing rejected is written
+
+
+def test_complete_many_can_return_failures_in_place():
+    def script(i, req):
+        n = int(req["messages"][0]["content"])
+        return Reply(503, {"error": "busy"}) if n == 1 else Reply(body=chat(f"answer {n}"))
+
+    conversations = [[{"role": "user", "content": str(n)}] for n in range(3)]
+    with serve(script) as stub:
+        client = client_for(stub.url, max_retries=1, max_concurrency=1)
+        out = client.complete_many(conversations, return_errors=True)
+        with pytest.raises(EndpointError, match="HTTP 503"):
+            client.complete_many(conversations)
+    assert out[0] == "answer 0" and out[2] == "answer 2"
+    assert isinstance(out[1], EndpointError) and out[1].reason == "HTTP 503"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_refusals_of_every_request_are_raised_even_when_returning_errors(status):
+    with serve(lambda i, req: Reply(status, {"error": "no such model"})) as stub:
+        with pytest.raises(EndpointRefused, match=f"HTTP {status}"):
+            client_for(stub.url).complete_many([HELLO], return_errors=True)
+    assert len(stub.requests) == 1
 
 
 def test_endpoint_from_explains_how_to_configure(monkeypatch):

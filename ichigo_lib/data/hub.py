@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ichigo_lib import tokens as T
+from ichigo_lib.errors import IchigoError
 
 _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 
 
-class HubDataError(ValueError):
+class HubDataError(IchigoError, ValueError):
     """A published dataset that does not have the expected columns; names the row and key."""
 
 

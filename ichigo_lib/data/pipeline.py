@@ -54,6 +54,7 @@ from ichigo_lib.data.shards import (
     select_shards,
     shard_file_name,
 )
+from ichigo_lib.errors import IchigoError
 
 if TYPE_CHECKING:
     import datasets
@@ -71,15 +72,15 @@ START_METHODS = ("spawn", "forkserver")  # fork is unsafe once torch (or CUDA) i
 Target = Callable[..., Any] | str
 
 
-class PipelineError(RuntimeError):
+class PipelineError(IchigoError, RuntimeError):
     """A worker or a shard failed; finished work is kept, so running again resumes."""
 
 
-class PlanMismatchError(ValueError):
+class PlanMismatchError(IchigoError, ValueError):
     """``out_dir`` holds outputs of a different shard plan, input or fingerprint."""
 
 
-class CoverageError(ValueError):
+class CoverageError(IchigoError, ValueError):
     """Merged shards miss or repeat planned indices."""
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import random
 import re
+import sys
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -163,53 +165,84 @@ def clean_refusal(text: str) -> str | None:
     return text
 
 
+def _unusable(reply: str) -> str | None:
+    """``accept`` for the writer's client: unusable replies are retried, never cached."""
+    return None if clean_refusal(reply) is not None else "not a usable refusal"
+
+
 def generate_refusals(
     client: ChatClient, n: int, max_requests: int | None = None
-) -> tuple[list[str], int]:
-    """``n`` distinct refusals written by ``client``'s model; returns them and the number of
-    unusable replies (see :func:`clean_refusal`; duplicates count too).
+) -> tuple[list[str], dict[str, object]]:
+    """Up to ``n`` distinct refusals written by ``client``'s model, and what it cost.
 
     Requests go out in rounds of the missing count, up to ``max_requests`` in all (default
-    ``3 n``); an endpoint that fails after its retries raises ``EndpointError``, as does one
-    whose replies stay unusable.
+    ``3 n``). Each request is retried by the client (errors and unusable replies alike, see
+    :func:`clean_refusal`); one that still fails is counted in ``failed_requests`` (by reason in
+    ``failure_reasons``) and its phrasing asked for again in the next round. Writing stops early
+    when a whole round brings nothing new, so a dead endpoint costs one round. Only
+    ``EndpointRefused`` (wrong URL, model or key) raises.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     max_requests = 3 * n if max_requests is None else max_requests
     seen: dict[str, str] = {}
-    rejected = sent = 0
-    while len(seen) < n:
+    reasons: Counter[str] = Counter()
+    duplicates = sent = 0
+    while len(seen) < n and sent < max_requests:
         batch = min(n - len(seen), max_requests - sent)
-        if batch <= 0:
-            raise EndpointError(
-                f"{client.endpoint.completions_url} ({client.endpoint.model}): only {len(seen)} "
-                f"usable distinct refusals out of {sent} replies ({rejected} unusable); "
-                f"wanted {n}"
-            )
-        replies = client.complete_many([refusal_request(sent + i) for i in range(batch)])
+        replies = client.complete_many(
+            [refusal_request(sent + i) for i in range(batch)], _unusable, return_errors=True
+        )
         sent += batch
+        before = len(seen)
         for reply in replies:
-            text = clean_refusal(reply)
-            if text is None or normalise(text) in seen:
-                rejected += 1
+            if isinstance(reply, EndpointError):
+                reasons[reply.reason] += 1
+            elif normalise(text := clean_refusal(reply)) in seen:
+                duplicates += 1
             else:
                 seen[normalise(text)] = text
-    return list(seen.values()), rejected
+        if len(seen) == before:
+            break
+    stats = {
+        "requests_sent": sent,
+        "duplicates": duplicates,
+        "failed_requests": sum(reasons.values()),
+        "failure_reasons": dict(sorted(reasons.items())),
+    }
+    return list(seen.values()), stats
 
 
 def refusals_for(
     cfg: Phase3DataConfig, cache_dir: str | Path, **endpoint_options
-) -> tuple[list[str], dict[str, int | str]]:
-    """The phrasings a profile asks for (``refusal_source``), with a summary for the manifest."""
+) -> tuple[list[str], dict[str, object]]:
+    """The phrasings a profile asks for (``refusal_source``), with a summary for the manifest.
+
+    When the endpoint writes fewer than ``refusal_pool_size``, the rest come from
+    :func:`refusal_pool` (``from_pool`` in the summary, and a line on stderr), never fewer.
+    """
     if cfg.refusal_source == "pool":
         pool = refusal_pool(cfg.refusal_pool_size, cfg.seed)
         return pool, {"source": "pool", "phrasings": len(pool)}
     client = ChatClient(refusal_endpoint(cfg, **endpoint_options), cache_dir)
-    written, rejected = generate_refusals(client, cfg.refusal_pool_size)
+    written, stats = generate_refusals(client, cfg.refusal_pool_size)
+    have = {normalise(t) for t in written}
+    spare = [t for t in refusal_pool() if normalise(t) not in have]
+    from_pool = spare[: cfg.refusal_pool_size - len(written)]
+    if from_pool:
+        print(
+            f"refusal writer {client.endpoint.completions_url} ({client.endpoint.model}) wrote "
+            f"{len(written)} of {cfg.refusal_pool_size} phrasings ({stats['failed_requests']} "
+            f"failed requests: {stats['failure_reasons']}); {len(from_pool)} taken from the "
+            f"built-in pool",
+            file=sys.stderr,
+        )
+        written += from_pool
     summary = {
         "source": f"endpoint {client.endpoint.model}",
         "phrasings": len(written),
-        "rejected_replies": rejected,
+        "from_pool": len(from_pool),
+        **stats,
         "requests": client.requests,
         "cache_hits": client.cache_hits,
     }

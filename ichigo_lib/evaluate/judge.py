@@ -3,6 +3,11 @@
 ``LLMJudge`` asks an LLM to rate each answer against the reference with an open-ended rubric
 in the spirit of AudioBench's; ``ReferenceMatchJudge`` is a deterministic stand-in for the toy
 profiles. Both return the judge's raw reply ending in ``Rating: N`` and its parsed rating.
+
+AudioBench's rule: an answer whose judgement fails scores 0 and still counts. A judge call that
+fails after its retries (timeout, 5xx, malformed JSON) is a *judge failure* recorded with its
+reason; a reply without a usable rating (retried too) is a *parse failure*; neither stops the
+run, and ``summarise`` counts both.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ichigo_lib.evaluate.wer import normalise
-from ichigo_lib.llm_client import ChatClient
+from ichigo_lib.llm_client import ChatClient, EndpointError
 
 MAX_RATING = 5
 
@@ -53,12 +58,23 @@ then end with a final line of the form "Rating: N", where N is an integer from 0
 _RATING = re.compile(r"\brating\b[\s*_:=\[(\"']*(-?\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?", re.I)
 
 
+NO_RATING = "no rating"
+
+
 @dataclass(frozen=True)
 class JudgeResult:
-    """One judged answer: the rating (None when the reply has no usable one) and the reply."""
+    """One judged answer: the rating (None when there is no usable one), the judge's reply and,
+    for a judge call that failed, ``failure``: its kind (``timeout``, ``HTTP 500``, ...), with
+    the error's message as ``raw``."""
 
     rating: int | None
     raw: str
+    failure: str | None = None
+
+    @property
+    def score(self) -> int:
+        """The rating, 0 when there is none (AudioBench's rule)."""
+        return 0 if self.rating is None else self.rating
 
 
 class Judge(Protocol):
@@ -94,6 +110,11 @@ def parse_rating(reply: str) -> int | None:
     return rating if 0 <= rating <= MAX_RATING else None
 
 
+def _rating_problem(reply: str) -> str | None:
+    """``accept`` for the judge's client: replies without a usable rating are retried."""
+    return None if parse_rating(reply) is not None else NO_RATING
+
+
 def _check_lengths(questions: Sequence[str], answers: Sequence[str], refs: Sequence[str]) -> None:
     if not len(questions) == len(answers) == len(refs):
         raise ValueError(
@@ -116,7 +137,16 @@ class LLMJudge:
         requests = [
             judge_messages(*item) for item in zip(questions, answers, references, strict=True)
         ]
-        return [JudgeResult(parse_rating(r), r) for r in self.client.complete_many(requests)]
+        replies = self.client.complete_many(requests, _rating_problem, return_errors=True)
+        return [self._result(reply) for reply in replies]
+
+    @staticmethod
+    def _result(reply: str | EndpointError) -> JudgeResult:
+        if not isinstance(reply, EndpointError):
+            return JudgeResult(parse_rating(reply), reply)
+        if reply.reason == NO_RATING:  # a reply came back, never with a rating
+            return JudgeResult(None, reply.reply or "")
+        return JudgeResult(None, str(reply), failure=reply.reason)
 
 
 class ReferenceMatchJudge:
@@ -159,10 +189,18 @@ class ReferenceMatchJudge:
 
 
 def summarise(results: Sequence[JudgeResult]) -> dict[str, Any]:
-    """``judge_score_mean`` (0-5, over parsed ratings; None if none), failures and count."""
+    """The counts and means of ``results``: ``judge_score_mean`` over every item (0 for a failed
+    judgement, as AudioBench scores; None when there are no items), ``judge_score_mean_rated``
+    over rated items only, and ``judge_rated + judge_parse_failures + judge_failures ==
+    judge_n``; ``judge_failure_reasons`` counts failures by kind."""
     ratings = [r.rating for r in results if r.rating is not None]
+    failures = [r.failure for r in results if r.failure is not None]
     return {
-        "judge_score_mean": statistics.fmean(ratings) if ratings else None,
-        "judge_parse_failures": len(results) - len(ratings),
+        "judge_score_mean": statistics.fmean(r.score for r in results) if results else None,
+        "judge_score_mean_rated": statistics.fmean(ratings) if ratings else None,
+        "judge_rated": len(ratings),
+        "judge_parse_failures": len(results) - len(ratings) - len(failures),
+        "judge_failures": len(failures),
+        "judge_failure_reasons": dict(sorted(Counter(failures).items())),
         "judge_n": len(results),
     }

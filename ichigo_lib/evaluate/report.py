@@ -200,6 +200,11 @@ def speech_instructions(
         out["phases"][phase] = {
             **summary,
             "rating_counts": {str(k): ratings.count(k) for k in range(J.MAX_RATING + 1)},
+            "failed_items": [
+                {"item": i, "reason": r.failure, "detail": r.raw}
+                for i, r in enumerate(results)
+                if r.failure is not None
+            ],
             "exact_match": replies.exact_match(references, said),
             "samples": [
                 {"question": q, "reference": ref, "reply": s, "rating": r.rating, "judge": r.raw}
@@ -409,6 +414,7 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float | int | str]:
         suffix = "" if phase == "phase 3" else "_" + phase.replace(" ", "")
         out[f"judge_score_mean{suffix}"] = s["judge_score_mean"]
         out[f"judge_parse_failures{suffix}"] = s["judge_parse_failures"]
+        out[f"judge_failures{suffix}"] = s["judge_failures"]
         out[f"speech_qa_exact_match{suffix}"] = s["exact_match"]
     for phase, s in report["transcription"]["phases"].items():
         suffix = "" if phase == "phase 3" else "_" + phase.replace(" ", "")

@@ -63,6 +63,7 @@ def judge_table(report: dict[str, Any]) -> pd.DataFrame:
             "exact match": _fmt(v["exact_match"]),
             "items": v["judge_n"],
             "unparsed": v["judge_parse_failures"],
+            "judge failed": v["judge_failures"],
         }
         for phase, v in s["phases"].items()
     }
@@ -73,6 +74,7 @@ def judge_table(report: dict[str, Any]) -> pd.DataFrame:
             "exact match": "",
             "items": "",
             "unparsed": "",
+            "judge failed": "",
         }
     df = pd.DataFrame(rows).T
     df.index.name = f"held-out spoken instructions, profile {report['profile']}"
@@ -149,7 +151,9 @@ def headline_values(manifest: Manifest) -> dict[str, Any]:
         "finished": manifest.data["finished"][:10],
         "judge_name": m["judge_name"],
         "judge_items": report["speech_instructions"]["phases"]["phase 3"]["judge_n"],
-        "judge_score_mean": _fmt(m.get("judge_score_mean"), 2),  # None: no rating parsed
+        "judge_score_mean": _fmt(m.get("judge_score_mean"), 2),  # None: no items
+        "judge_unparsed": m.get("judge_parse_failures", 0),
+        "judge_failures": m.get("judge_failures", 0),
         "wer": m["wer"],
         "mc_benchmark": report["knowledge"]["benchmark"],
         "mc_headline": report["knowledge"]["headline"],

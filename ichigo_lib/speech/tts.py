@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ichigo_lib.errors import IchigoError
 from ichigo_lib.speech.audio import AudioError, prepare_audio
 
 # espeak-ng language voices for the 8 MLS languages (accents count as extra voices).
@@ -32,7 +33,7 @@ ESPEAK_VOICES = {
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 
 
-class TTSError(RuntimeError):
+class TTSError(IchigoError, RuntimeError):
     """espeak-ng is missing or failed; the message names the text and voice."""
 
 

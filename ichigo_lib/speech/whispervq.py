@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ichigo_lib.errors import IchigoError
 from ichigo_lib.speech import audio as A
 from ichigo_lib.speech.ctc_prefix import CTCPrefixScorer
 from ichigo_lib.speech.modules import AudioEncoder, Bottleneck, TextDecoder, key_mask
@@ -48,7 +49,7 @@ JOINT_CTC_WEIGHT = 0.5
 JOINT_CANDIDATES = 5
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(IchigoError, ValueError):
     """A quantizer or Whisper file that is not in the expected format."""
 
 

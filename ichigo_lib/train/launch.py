@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ichigo_lib.config import CONFIG_DIR, TrainConfig
+from ichigo_lib.errors import IchigoError
 
 TORCHTUNE_CONFIGS = CONFIG_DIR / "torchtune"
 RECIPES_PACKAGE = "ichigo_lib.train.recipes"
@@ -26,7 +27,7 @@ REQUIRED = "REQUIRED"
 _STEP_LINE = re.compile(r"^Step (\d+) \| (.*)$")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(IchigoError, RuntimeError):
     """``tune run`` exited with an error; the message carries the tail of its log."""
 
 

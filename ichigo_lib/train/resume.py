@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ichigo_lib.errors import IchigoError
 from ichigo_lib.train.export import INDEX
 from ichigo_lib.train.launch import TuneRun, tune_run
 
@@ -32,7 +33,7 @@ RECIPE_STATE = "recipe_state/recipe_state.pt"
 _STEP = re.compile(r"Step (\d+) \|")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(IchigoError, RuntimeError):
     """A run that cannot be resumed; the message says why and what to do."""
 
 
