@@ -8,15 +8,18 @@ STAMP   := $(VENV)/.installed
 KERNEL  := $(VENV)/share/jupyter/kernels/python3/kernel.json
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system book test bench lint format clean
+.PHONY: setup system book test lab bench lint format clean
 
 setup: system $(STAMP) $(KERNEL)
 
-# espeak-ng (CPU text-to-speech) and sox, from the distribution, only when missing.
+# From the distribution, only when missing: espeak-ng (CPU text-to-speech) and sox; chromium
+# and its chromedriver, for the test that drives JupyterLab in a headless browser.
 system:
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  ( $(SUDO) apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng sox >/dev/null )
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	      espeak-ng sox chromium chromium-driver >/dev/null )
 
 # torch first: with it installed, nothing later pulls the multi-GB CUDA wheels.
 $(STAMP): pyproject.toml requirements-whisper.txt
@@ -35,6 +38,12 @@ book: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# JupyterLab on this machine only, from the repository root, with the `Python 3 (ichigo)` kernel;
+# open the URL it prints (it carries the access token).
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR) \
+	  $(if $(SUDO),,--allow-root)
 
 # Throughput figures and ratios (never asserted in tests): the speech pipeline per stage and
 # with 1 vs N workers, then tokens/s (and MFU on a GPU) of the profile's training step.

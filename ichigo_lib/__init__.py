@@ -1,10 +1,15 @@
 """ichigo_lib: the library every notebook of the Ichigo book imports as ``il``.
 
 Submodules load on first use (``il.world``, ``il.runs``, ...), so light commands such as the
-``ichigo`` CLI do not pay for importing torch, torchtune or transformers.
+``ichigo`` CLI do not pay for importing torch, torchtune or transformers. Importing the package
+installs the narrow noise filters of :mod:`ichigo_lib.quiet`.
 """
 
 import importlib
+
+from ichigo_lib import quiet
+
+quiet.install()
 
 __all__ = [
     "base_model",

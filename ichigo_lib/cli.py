@@ -59,7 +59,8 @@ def error_line(err: BaseException) -> str | None:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(err, PapermillExecutionError) and err.ename in _expected_error_names():
-        return f"{err.ename} in notebook cell [{err.exec_count}]: {err.evalue}"
+        where = getattr(err, "__notes__", ["notebook"])[0]  # the runner names it
+        return f"{err.ename} in {where}, cell [{err.exec_count}]: {err.evalue}"
     return None
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ichigo_lib.config import Config, load_config
+from ichigo_lib.errors import IchigoError
 
 MANIFEST = "manifest.json"
+PROGRESS = ".progress.json"  # the stage running now, for ``ichigo run``'s progress lines
 TRACKED_PACKAGES = (
     "torch",
     "torchtune",
@@ -37,17 +39,27 @@ TRACKED_PACKAGES = (
 )
 
 
-class MissingUpstreamError(FileNotFoundError):
+class MissingUpstreamError(IchigoError, FileNotFoundError):
     """A notebook needs the manifest of an earlier notebook that has not run."""
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The project root: the nearest ancestor holding ``_toc.yml`` (cwd if none)."""
+    """The project root: the nearest ancestor of ``start`` (cwd) holding ``_toc.yml`` and
+    ``ichigo_lib/``; else the checkout this library was installed from (``pip install -e``), so
+    ``ichigo`` works from any directory; else ``start`` itself."""
     here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
+    checkout = Path(__file__).resolve().parents[1]
+    for candidate in (here, *here.parents, checkout):
         if (candidate / "_toc.yml").exists() and (candidate / "ichigo_lib").is_dir():
             return candidate
     return here
+
+
+def shown(path: str | Path, root: Path | None = None) -> str:
+    """``path`` as outputs print it: relative to the repository root when it lies under it, so
+    executed notebooks and the book carry no machine's absolute paths."""
+    path, root = Path(path).resolve(), (root or repo_root())
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def sha256_path(path: Path) -> str:
@@ -140,6 +152,7 @@ class Run:
     artifacts: dict[str, str] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    _open_stages: list[tuple[str, float]] = field(default_factory=list, init=False, repr=False)
 
     @property
     def profile(self) -> str:
@@ -155,12 +168,29 @@ class Run:
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        """Time a stage; its wall time goes into the manifest's ``timings``."""
+        """Time a stage; its wall time goes into the manifest's ``timings``.
+
+        While it runs, ``<run dir>/.progress.json`` names it (see :meth:`progress`).
+        """
         t0 = time.perf_counter()
+        self._open_stages.append((name, time.time()))
+        self._write_progress()
         try:
             yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+            self._open_stages.pop()
+            self._write_progress()
+
+    def progress(self) -> dict[str, Any]:
+        """What ``.progress.json`` holds: the innermost open stage (or ``None``), since when,
+        when the run started (epoch seconds) and the timings of the stages finished so far."""
+        stage, since = self._open_stages[-1] if self._open_stages else (None, time.time())
+        timings = dict(self.timings)
+        return {"stage": stage, "since": since, "run_started": self.started, "timings": timings}
+
+    def _write_progress(self) -> None:
+        _write_atomic(self.dir / PROGRESS, json.dumps(self.progress()))
 
     def upstream(self, name: str) -> Manifest:
         """The finished manifest of an earlier notebook, recorded as an input of this run."""
@@ -222,10 +252,15 @@ class Run:
             "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
         }
         path = self.dir / MANIFEST
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        _write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader never sees a partial file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def start_run(
@@ -246,12 +281,13 @@ def start_run(
     run = Run(name=name, config=config, root=root, overrides=_plain(overrides))
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / MANIFEST).unlink(missing_ok=True)
+    (run.dir / PROGRESS).unlink(missing_ok=True)
     if config.num_threads:
         import torch
 
         torch.set_num_threads(config.num_threads)
     _quiet_library_progress_bars()
-    print(f"run {name} | profile {run.profile} | artifacts in {run.dir}", file=sys.stderr)
+    print(f"run {name} | profile {run.profile} | artifacts in {shown(run.dir)}", file=sys.stderr)
     return run
 
 

@@ -50,7 +50,10 @@ def test_an_expected_error_inside_a_notebook_is_one_line_a_bug_is_not():
         return PapermillExecutionError(3, 7, "run.upstream(...)", ename, "00 has not run", [])
 
     line = cli.error_line(failed("MissingUpstreamError"))
-    assert line == "MissingUpstreamError in notebook cell [7]: 00 has not run"
+    assert line == "MissingUpstreamError in notebook, cell [7]: 00 has not run"
+    named = failed("MissingUpstreamError")
+    named.add_note("03_phase1_pretrain (executed copy: runs/smoke/03/03.ipynb)")
+    assert cli.error_line(named).startswith("MissingUpstreamError in 03_phase1_pretrain (exec")
     for ename in ("AudioError", "ConfigError", "EndpointError", "HubDataError", "TrainingError"):
         assert cli.error_line(failed(ename)) is not None, ename
     assert cli.error_line(failed("KeyError")) is None

@@ -11,6 +11,12 @@ from ichigo_lib.runs import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOISE = (  # what torchao, jupyter_client's kernel and librosa's audioread fallback used to print
+    "Skipping import of cpp extensions",
+    "Kernel is running over TCP without encryption",
+    "PySoundFile failed",
+    "audioread",
+)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -38,6 +44,12 @@ def test_toc_lists_every_notebook_and_nothing_else():
 def smoke_runs(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs")
     return run_dir, runner.run_all("smoke", run_dir)
+
+
+@pytest.fixture(scope="module")
+def smoke_book(smoke_runs, tmp_path_factory):
+    run_dir, _ = smoke_runs
+    return runner.build_book("smoke", run_dir, path_output=tmp_path_factory.mktemp("book"))
 
 
 @pytest.mark.notebook
@@ -83,14 +95,32 @@ def test_a_changed_override_or_profile_invalidates_reuse(smoke_runs):
 
 
 @pytest.mark.notebook
-def test_book_renders_from_the_executed_copies_warning_free(smoke_runs, tmp_path):
+def test_book_renders_from_the_executed_copies_warning_free(smoke_runs, smoke_book):
     run_dir, _ = smoke_runs
-    html = runner.build_book("smoke", run_dir, path_output=tmp_path)
+    html = smoke_book
     page = (html / "notebooks" / "00_base_model.html").read_text()
     assert "5-shot multiple choice" in page
     executed = json.loads((run_dir / "smoke" / "00_base_model" / "00_base_model.ipynb").read_text())
     assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
     assert (html / "index.html").exists()
+
+
+@pytest.mark.notebook
+def test_book_pages_carry_no_machine_paths_known_warnings_or_injected_parameters(
+    smoke_runs, smoke_book
+):
+    """Every file of the site: the pages, their search index, the downloadable sources."""
+    run_dir, _ = smoke_runs
+    files = {
+        p.relative_to(smoke_book): p.read_bytes() for p in smoke_book.rglob("*") if p.is_file()
+    }
+    assert len([p for p in files if p.suffix == ".html"]) >= len(NOTEBOOKS)
+    for path, data in files.items():
+        assert str(ROOT).encode() not in data, path
+        for text in (*NOISE, "tag_injected-parameters"):
+            assert text.encode() not in data, (path, text)
+    executed = (run_dir / "smoke" / "00_base_model" / "00_base_model.ipynb").read_text()
+    assert "injected-parameters" in executed  # the executed copy under runs/ keeps the cell
 
 
 @pytest.mark.notebook
@@ -162,7 +192,7 @@ def test_phase3_manifest_carries_what_evaluation_reads(smoke_runs):
 
 
 @pytest.mark.notebook
-def test_evaluation_manifest_and_results_page_are_filled_from_it(smoke_runs, tmp_path):
+def test_evaluation_manifest_and_results_page_are_filled_from_it(smoke_runs, smoke_book):
     run_dir, _ = smoke_runs
     manifest = read_manifest(run_dir / "smoke" / "07_evaluation" / "manifest.json")
     m = manifest.metrics
@@ -177,11 +207,12 @@ def test_evaluation_manifest_and_results_page_are_filled_from_it(smoke_runs, tmp
         "phase 2",
         "phase 3",
     }
-    html = runner.build_book("smoke", run_dir, path_output=tmp_path)
-    page = (html / "book" / "results.html").read_text()
+    page = (smoke_book / "book" / "results.html").read_text()
     for value in (f"{m['wer']:.3f}", f"{m['ttft_ratio_vs_cascade']:.3f}", "reference-match"):
         assert value in page, value
     assert "453.18" in page and "profile smoke" in page  # the paper beside ours, the profile
+    demo = (smoke_book / "notebooks" / "07_evaluation.html").read_text()  # the saved widget
+    assert "application/vnd.jupyter.widget-state+json" in demo and "first token after" in demo
 
 
 @pytest.mark.notebook
@@ -205,3 +236,61 @@ def test_ichigo_eval_writes_the_report_headless_with_an_endpoint_judge(smoke_run
     assert "[Reference Answer]" in stub.requests[0]["messages"][0]["content"]
     for section in ("knowledge", "transcription", "refusal", "latency"):
         assert report[section], section
+
+
+@pytest.mark.notebook
+def test_ichigo_eval_survives_a_faulty_judge_and_a_rerun_asks_only_for_the_failed(
+    smoke_runs, tmp_path
+):
+    from http_stub import Reply, chat, serve
+
+    from ichigo_lib import cli
+
+    run_dir, _ = smoke_runs
+    faults = [
+        Reply(body="<html>502 bad gateway</html>"),
+        Reply(500, {"error": "overloaded"}),
+        Reply(body={"object": "chat.completion"}),  # no choices
+        Reply(body=chat("The answer seems fine to me.")),  # no rating
+        Reply(body=chat("Rating: 5"), delay_s=0.6),  # slower than the timeout
+        Reply(body=chat("Close to the reference.\nRating: 3")),
+    ]
+    state = {"healthy": False, "rated": set()}
+
+    def script(i, req):
+        reply = Reply(body=chat("Rating: 4")) if state["healthy"] else faults[i % len(faults)]
+        if reply.body == faults[-1].body or state["healthy"]:
+            state["rated"].add(req["messages"][0]["content"])
+        return reply
+
+    def evaluate(url, out):
+        argv = ["eval", "--profile", "smoke", "--run-dir", str(run_dir), "--out", str(out)]
+        judge = ["--judge-url", url, "--judge-model", "flaky"]
+        settings = ["max_retries=1", "backoff_s=0", "timeout_s=0.2", "concurrency=1"]
+        sets = [arg for s in settings for arg in ("--set", f"eval.judge.{s}")]
+        assert cli.main([*argv, *judge, *sets]) == 0
+        return json.loads(out.read_text())
+
+    with serve(script) as stub:
+        first = evaluate(stub.url, tmp_path / "first.json")
+        asked_first, rated_first = len(stub.requests), set(state["rated"])
+        state["healthy"] = True
+        second = evaluate(stub.url, tmp_path / "second.json")
+    phases = first["speech_instructions"]["phases"]
+    items = sum(p["judge_n"] for p in phases.values())
+    assert asked_first <= 2 * items  # one retry each at most
+    failed = 0
+    for p in phases.values():
+        assert p["judge_rated"] + p["judge_parse_failures"] + p["judge_failures"] == p["judge_n"]
+        assert len(p["failed_items"]) == p["judge_failures"]
+        assert all(item["reason"] for item in p["failed_items"])
+        failed += p["judge_parse_failures"] + p["judge_failures"]
+    totals = {k: sum(p[k] for p in phases.values()) for k in ("judge_rated", "judge_failures")}
+    assert totals["judge_rated"] and totals["judge_failures"] and failed > totals["judge_failures"]
+    m = first["metrics"]
+    assert "judge_failures" in m and "judge_failures_phase2" in m
+    # the rerun asks only for what failed, and every item is rated now
+    asked_again = [r["messages"][0]["content"] for r in stub.requests[asked_first:]]
+    assert 1 <= len(asked_again) <= failed and not set(asked_again) & rated_first
+    for p in second["speech_instructions"]["phases"].values():
+        assert p["judge_rated"] == p["judge_n"] and p["judge_failures"] == 0

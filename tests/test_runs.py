@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from ichigo_lib.runs import MissingUpstreamError, read_manifest, sha256_path, start_run
+from ichigo_lib.runs import (
+    PROGRESS,
+    MissingUpstreamError,
+    read_manifest,
+    repo_root,
+    sha256_path,
+    shown,
+    start_run,
+)
 
 
 def test_manifest_records_everything_a_reader_needs(tmp_path):
@@ -86,3 +94,30 @@ def test_directory_hash_covers_names_and_contents(tmp_path):
     h2 = sha256_path(tmp_path / "a")
     (tmp_path / "a" / "x").rename(tmp_path / "a" / "y")
     assert len({h1, h2, sha256_path(tmp_path / "a")}) == 3
+
+
+def test_a_stage_names_itself_in_the_progress_file_while_it_runs(tmp_path):
+    run = start_run("00_base_model", "smoke", tmp_path)
+    progress = run.dir / PROGRESS
+    assert not progress.exists()
+    with run.stage("train"):
+        inside = json.loads(progress.read_text())
+        with run.stage("eval"):
+            nested = json.loads(progress.read_text())
+        back = json.loads(progress.read_text())
+    after = json.loads(progress.read_text())
+    assert inside["stage"] == "train" and inside["timings"] == {}
+    assert inside["run_started"] == run.started
+    assert nested["stage"] == "eval" and nested["since"] >= inside["since"]
+    assert back["stage"] == "train" and back["since"] == inside["since"]
+    assert back["timings"] == {"eval": run.timings["eval"]}
+    assert after["stage"] is None and after["timings"] == run.timings
+    assert not list(run.dir.glob("*.tmp"))
+    start_run("00_base_model", "smoke", tmp_path)  # a restarted run drops the stale file
+    assert not progress.exists()
+
+
+def test_paths_are_shown_relative_to_the_repository_when_under_it(tmp_path):
+    root = repo_root()
+    assert shown(root / "runs" / "tiny" / "00_base_model") == "runs/tiny/00_base_model"
+    assert shown(tmp_path / "x") == str(tmp_path.resolve() / "x")

@@ -36,9 +36,9 @@ def tiny_vq():
 # -- audio front end ------------------------------------------------------------------------
 
 
-def test_wav_and_flac_load_as_mono_16k(tmp_path):
+def test_wav_flac_mp3_and_ogg_load_as_mono_16k(tmp_path):
     stereo = np.stack([_tone(1.0, 44_100), _tone(1.0, 44_100, seed=1)], axis=1)
-    for suffix in (".wav", ".flac"):
+    for suffix in audio.SUPPORTED_SUFFIXES:
         path = tmp_path / f"x{suffix}"
         soundfile.write(path, stereo, 44_100)
         x = audio.load_audio(path)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ichigo_lib.errors import IchigoError
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP_LENGTH = 160  # 10 ms: 100 mel frames per second
@@ -24,7 +26,7 @@ SUPPORTED_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 SILENCE_PEAK = 1e-4  # a peak below this (about -80 dBFS) counts as silence
 
 
-class AudioError(ValueError):
+class AudioError(IchigoError, ValueError):
     """Audio that cannot be turned into sound tokens; the message names the source."""
 
 
@@ -73,16 +75,10 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"{path}: no such file")
     import soundfile
 
-    try:
+    try:  # libsndfile >= 1.1 (soundfile's wheels) decodes all four formats, mp3 included
         samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
-        try:  # librosa's audioread fallback decodes what libsndfile cannot (older mp3 builds)
-            import librosa
-
-            mono, rate = librosa.load(path, sr=None, mono=True)
-            samples = mono[:, None]
-        except Exception:
-            raise AudioError(f"{path}: cannot decode audio ({err})") from err
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
     return prepare_audio(samples, int(rate), name=str(path))
 
 
