@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,9 +223,24 @@ class ChatClient:
                     raise
                 return err
 
+        from tqdm.auto import tqdm
+
         workers = min(self.endpoint.max_concurrency, len(conversations))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, conversations))
+        with (
+            ThreadPoolExecutor(max_workers=workers) as pool,
+            tqdm(
+                total=len(conversations),
+                desc=f"requests to {self.endpoint.model}",
+                unit="req",
+                mininterval=2.0,
+                disable=len(conversations) < 2,
+            ) as bar,
+        ):
+            futures = [pool.submit(one, messages) for messages in conversations]
+            for future in as_completed(futures):
+                future.result()  # raise at once (EndpointRefused) rather than at the end
+                bar.update()
+            return [future.result() for future in futures]
 
     def _cache_file(self, payload: dict[str, Any]) -> Path | None:
         if self.cache_dir is None:
