@@ -64,6 +64,8 @@ def train_base_model(
     """Train the tiny stand-in LLM with torchtune on the world's chat-format text."""
     if cfg.arch is None or cfg.train is None:
         raise ValueError("base_model.source 'train' needs base_model.arch and base_model.train")
+    if cfg.train.num_steps is None:
+        raise ValueError("base_model.train needs num_steps (epochs is for the training phases)")
     out_dir = Path(out_dir)
     train = cfg.train
     if train.max_seq_len > cfg.arch.max_seq_len:

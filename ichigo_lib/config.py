@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
 from ichigo_lib.errors import IchigoError
 from ichigo_lib.world import WorldConfig
 
@@ -54,13 +55,18 @@ class LlamaArch:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The knobs of one torchtune run that a profile sets (everything else is in the YAML)."""
+    """The knobs of one torchtune run that a profile sets (everything else is in the YAML).
 
-    num_steps: int
+    A run is as long as either ``num_steps`` optimizer steps or ``epochs`` passes over its data
+    (the steps then follow from the rows after packing, see ``ichigo_lib.train.schedule``).
+    """
+
     batch_size: int
     lr: float
     warmup_steps: int
     max_seq_len: int
+    num_steps: int | None = None
+    epochs: int | None = None
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
@@ -78,6 +84,15 @@ class TrainConfig:
     # extra torchrun arguments for multi-node runs, e.g. ["--nnodes", "2", "--rdzv_backend",
     # "c10d", "--rdzv_endpoint", "node0:29500"] (tune run passes them on to torchrun)
     torchrun_args: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if (self.num_steps is None) == (self.epochs is None):
+            raise ConfigError(
+                f"set one of num_steps and epochs (the other null), got num_steps="
+                f"{self.num_steps}, epochs={self.epochs}"
+            )
+        if min(self.num_steps or 1, self.epochs or 1) < 1:
+            raise ConfigError(f"num_steps and epochs must be >= 1: {self.num_steps}, {self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,13 @@ class MCConfig:
     limit: int | None = None
     device: str = "cuda"
     dtype: str = "auto"
+    # mmlu's dataset: a hub id or a local copy of the hub repository (per-subject parquet and
+    # its README's configs); None: lm-eval's own, cais/mmlu
+    dataset: str | None = None
+
+    def __post_init__(self):
+        if self.dataset is not None and self.benchmark == "tinyworld":
+            raise ConfigError("eval.mc.dataset is for mmlu; tinyworld's items come from the world")
 
 
 @dataclass(frozen=True)
@@ -158,10 +180,48 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class BenchmarksConfig:
+    """The paper's speech benchmarks, each a hub id or a local copy in the same schema (parquet
+    or json files, or a ``save_to_disk`` directory); a set left None is not run.
+
+    ``openhermes`` and ``alpaca`` (AudioBench's OpenHermes-Audio and ALPACA-Audio: ``context``
+    audio, ``speech_instruction``, ``answer``) are judged under ``rubric``; ``librispeech``
+    (``context``, ``answer``) is transcribed, asked with transcription prompt ``asr_prompt``.
+    ``limit``: the first rows of each set (None: all).
+    """
+
+    openhermes: str | None = None
+    alpaca: str | None = None
+    librispeech: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    asr_prompt: int = 0
+    rubric: Literal["audiobench", "book"] = "audiobench"
+    max_new_tokens: int = 500  # AudioBench's reply length for spoken instructions
+
+    def __post_init__(self):
+        if not (self.openhermes or self.alpaca or self.librispeech):
+            raise ConfigError(
+                "eval.benchmarks names no set: give openhermes, alpaca or librispeech (a hub id "
+                "or a local path), or set eval.benchmarks to null"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.benchmarks.limit must be >= 1 or null, got {self.limit}")
+        if not 0 <= self.asr_prompt < len(TRANSCRIPTION_PROMPTS):
+            raise ConfigError(
+                f"eval.benchmarks.asr_prompt must index the {len(TRANSCRIPTION_PROMPTS)} "
+                f"transcription prompts (0-{len(TRANSCRIPTION_PROMPTS) - 1}), got {self.asr_prompt}"
+            )
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"eval.benchmarks.max_new_tokens must be >= 1: {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     mc: MCConfig
     judge: JudgeConfig = JudgeConfig()
     latency: LatencyConfig = LatencyConfig()
+    benchmarks: BenchmarksConfig | None = None  # the paper's speech benchmarks (full); None: off
     max_new_tokens: int = 32  # greedy reply length for judged, transcribed and refusal replies
     batch_size: int = 64  # prompts per generate() batch
     items: int | None = None  # held-out items per set (None: all of them)
@@ -255,8 +315,12 @@ class DataConfig:
     speeds: tuple[int, int] = (130, 190)
     seed: int = 0
     # published datasets used instead of the world's (hub id "owner/name[:config]" or a local
-    # file/dir with upstream's {index, tokens} or {index, conversations} rows); None: synthesize
+    # file/dir in upstream's schema: {text} or {tokens} rows for phase 1, {conversations} for
+    # phases 2-3, see data.hub); None: synthesize the world's rows
     published_phase1: str | None = None
+    # phase 1's data directories (upstream: one per language) -> fraction of its rows used;
+    # None: the whole split
+    published_phase1_languages: dict[str, float] | None = None
     published_phase2: str | None = None
     published_phase3: str | None = None
 
@@ -265,6 +329,11 @@ class DataConfig:
             raise ConfigError("data.path 't2s' needs data.backend 'whisperspeech'")
         if len(self.mix) != 3 or abs(sum(self.mix) - 1) > 1e-6 or min(self.mix) < 0:
             raise ConfigError(f"data.mix must be 3 non-negative fractions summing to 1: {self.mix}")
+        bad = {k: v for k, v in (self.published_phase1_languages or {}).items() if not 0 < v <= 1}
+        if bad:
+            raise ConfigError(
+                f"data.published_phase1_languages: fractions must be in (0, 1]: {bad}"
+            )
 
 
 @dataclass(frozen=True)
@@ -274,18 +343,13 @@ class PhaseConfig:
     train: TrainConfig
     # full_finetune_single_device, or full_finetune_distributed (FSDP2, train.nproc_per_node)
     recipe: str = "full_finetune_single_device"
-    checkpoint_every: int | None = None  # optimizer steps per checkpoint; None: only at the end
+    # optimizer steps per checkpoint (with train.epochs: at most this many); None: only at the end
+    checkpoint_every: int | None = None
 
     def __post_init__(self):
-        every = self.checkpoint_every
-        if every is not None and (every < 1 or self.train.num_steps % every):
-            raise ConfigError(
-                f"checkpoint_every ({every}) must divide train.num_steps ({self.train.num_steps})"
-            )
-
-    @property
-    def num_checkpoints(self) -> int:
-        return self.train.num_steps // (self.checkpoint_every or self.train.num_steps)
+        every, steps = self.checkpoint_every, self.train.num_steps
+        if every is not None and (every < 1 or (steps is not None and steps % every)):
+            raise ConfigError(f"checkpoint_every ({every}) must divide train.num_steps ({steps})")
 
 
 @dataclass(frozen=True)
@@ -542,12 +606,21 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: key '{key}' must be one of {list(args)}, got {value!r}")
         return value
     if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis and isinstance(value, list | tuple):
+            args = (args[0],) * len(value)
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise fail()
         return tuple(
             _coerce(a, v, source, f"{key}[{i}]")
             for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail()
+        return {
+            _coerce(args[0], k, source, f"{key}.{k}"): _coerce(args[1], v, source, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise fail()

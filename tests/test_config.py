@@ -81,3 +81,21 @@ def test_resolved_config_prints_as_yaml():
 
 def test_configs_dir_holds_the_three_profiles():
     assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} >= {"smoke", "tiny", "full"}
+
+
+def test_mappings_and_variadic_tuples_coerce_and_merge_per_key():
+    full = load_config("full", {"data.published_phase1_languages.english": 0.25})
+    languages = full.data.published_phase1_languages
+    assert languages["english"] == 0.25 and languages["dutch"] == 1.0 and len(languages) == 8
+    whole = load_config("full", {"data.published_phase1_languages": None})  # the whole split
+    assert whole.data.published_phase1_languages is None
+    with pytest.raises(ConfigError, match=r"published_phase1_languages.*\(0, 1\]"):
+        load_config("full", {"data.published_phase1_languages.dutch": 0})
+    with pytest.raises(
+        ConfigError, match=r"'data\.published_phase1_languages' expects .*'dutch': 'all'"
+    ):
+        load_config("full", {"data.published_phase1_languages.dutch": "all"})
+    args = ["--nnodes", "2", "--rdzv_endpoint", "node0:29500"]
+    assert load_config("full", {"phase2.train.torchrun_args": args}).phase2.train.torchrun_args == (
+        tuple(args)
+    )

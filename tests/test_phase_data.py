@@ -129,6 +129,27 @@ def test_heldout_sets_share_no_sentence_with_training(world, plan, rows):
             assert row["conversations"][1]["content"] not in heldout
 
 
+def test_heldout_splits_by_cause_are_disjoint_as_claimed(world, plan, rows):
+    heldout_phrasings = {q.question for q in world.qa if q.split == "heldout"}
+    trained = {u["text"]: u for u in plan.utterances if u["use"] == "instruction"}
+    training_voices = {str(u["voice"]) for u in trained.values()}
+    heldout_voices_ = {str(u["voice"]) for u in plan.utterances if u["use"] == "eval_instruction"}
+    assert not training_voices & heldout_voices_
+    causes = rows["eval_speech_qa_causes"]
+    assert {r["split"] for r in causes} == {"voice", "phrasing"}
+    for r in causes:
+        u = plan.utterances[r["source"]]
+        assert r["question"] == u["text"] and r["conversations"][1]["content"] == u["answer"]
+        if r["split"] == "voice":  # a question phase 2 trains on, in a held-out voice
+            assert u["text"] in trained and u["text"] not in heldout_phrasings
+            assert str(u["voice"]) in heldout_voices_
+        else:  # a held-out question in a voice drawn like the training ones
+            assert u["text"] in heldout_phrasings and u["text"] not in trained
+            assert str(u["voice"]) not in heldout_voices_
+    both = {r["question"] for r in rows["eval_speech_qa"]}
+    assert {r["question"] for r in causes if r["split"] == "phrasing"} <= both
+
+
 def test_failed_rows_are_left_out(plan):
     codes = _fake_codes(plan)
     lost = [u["index"] for u in plan.utterances if u["use"] == "phase1"][:5]
@@ -256,6 +277,7 @@ def test_build_merges_a_shard_job_writes_every_dataset_and_reruns_reuse_the_spee
         "phase2",
         "phase3",
         "eval_speech_qa",
+        "eval_speech_qa_causes",
         "eval_transcription",
     }
     assert first.cards["phase2"]["rows"] == 20
@@ -294,41 +316,173 @@ def test_transcription_token_variant_replaces_only_the_prompts(rows):
         assert T.string_to_codes(user.removeprefix("<|transcribe|>")).size
 
 
-def test_published_datasets_load_in_the_books_row_formats(tmp_path):
+def _published_chats(n, seed=0):
+    """Chat rows in upstream's published schema: a spoken question, a text answer."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "index": i,
+            "conversations": [
+                {
+                    "role": "user",
+                    "content": T.audio_turn(rng.integers(0, 513, rng.integers(5, 60))),
+                },
+                {"role": "assistant", "content": " ".join(["the answer is"] * rng.integers(1, 4))},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def _parquet_shards(rows, directory, shards=3):
     import datasets
 
-    from ichigo_lib.data.hub import HubDataError, hub_rows
+    directory.mkdir(parents=True)
+    for k in range(shards):
+        datasets.Dataset.from_list(rows[k::shards]).to_parquet(
+            str(directory / f"train-{k}.parquet")
+        )
 
-    datasets.Dataset.from_list([{"index": 7, "tokens": [1, 2, 512]}]).to_parquet(
-        str(tmp_path / "p1.parquet")
+
+def test_published_chats_become_the_books_rows_through_arrow(world, tmp_path):
+    from ichigo_lib.data import hub
+
+    published = _published_chats(3000)
+    _parquet_shards(published, tmp_path / "hub")
+    count = phases.token_counter(_tokenizer(world))
+    out = hub.prepare_published("phase3", str(tmp_path / "hub"), tmp_path / "p3", count, 40, 2)
+    # the shards in file order, each row as notebook 02 writes its own
+    order = [r for k in range(3) for r in published[k::3]]
+    expected = [{"conversations": r["conversations"], "source": -1, "turns": 1} for r in order]
+    assert out.dataset.num_rows == 3000 and out.dataset.to_list() == expected
+    lengths = [count(r) for r in expected]
+    assert out.lengths.tolist() == lengths
+    assert out.card["over_long_rows"] == sum(n > 40 for n in lengths) > 0  # counted, kept
+    assert out.card["rows"] == 3000 and out.card["published"] == str(tmp_path / "hub")
+    assert not list(tmp_path.glob(".p3*"))  # no work files left beside the dataset
+    # the same rows through one process, and the phase-2 layout (no turns)
+    again = hub.prepare_published("phase2", str(tmp_path / "hub"), tmp_path / "p2", count, 40)
+    assert again.dataset.column_names == ["conversations", "source"]
+    assert again.dataset["conversations"][:] == [r["conversations"] for r in expected]
+
+
+def test_published_sound_rows_read_one_directory_per_language(world, tmp_path):
+    import datasets
+
+    from ichigo_lib.data import hub
+
+    turns = {"english": [T.audio_turn([5, 6]), T.audio_turn([7])], "dutch": [T.audio_turn([9])]}
+    for lang, texts in turns.items():
+        _parquet_shards([{"text": t} for t in texts], tmp_path / "raw" / lang, shards=1)
+    count = phases.token_counter(_tokenizer(world))
+    out = hub.prepare_published(
+        "phase1",
+        str(tmp_path / "raw"),
+        tmp_path / "p1",
+        count,
+        512,
+        languages={"english": 1.0, "dutch": 1.0},
     )
-    assert hub_rows(str(tmp_path / "p1.parquet")) == [
-        {"text": T.audio_turn([1, 2, 512]), "source": 7}
+    assert out.dataset.to_list() == [
+        {"text": t, "lang": lang, "source": -1} for lang, texts in turns.items() for t in texts
     ]
-    chat = [{"role": "user", "content": T.audio_turn([3])}, {"role": "assistant", "content": "x"}]
-    (tmp_path / "p2").mkdir()
-    datasets.Dataset.from_list([{"index": 0, "conversations": chat}]).to_parquet(
-        str(tmp_path / "p2" / "train-0.parquet")
+    assert out.lengths.tolist() == [6, 5, 5] and out.card["lang_fractions"]["dutch"] == 1 / 3
+    half = hub.prepare_published(
+        "phase1", str(tmp_path / "raw"), tmp_path / "p1", count, 512, languages={"english": 0.5}
     )
-    assert hub_rows(str(tmp_path / "p2"))[0]["conversations"] == chat
-    datasets.Dataset.from_list([{"index": 0, "tokens": [1, 600]}]).to_parquet(
-        str(tmp_path / "bad.parquet")
+    assert half.dataset["text"][:] in ([turns["english"][0]], [turns["english"][1]])
+    # codes (the pipeline's {index, tokens} rows) and a save_to_disk directory load too
+    datasets.Dataset.from_list([{"index": 7, "tokens": [1, 2, 512]}]).save_to_disk(
+        str(tmp_path / "codes")
     )
-    with pytest.raises(HubDataError, match="row 0: 'tokens'"):
-        hub_rows(str(tmp_path / "bad.parquet"))
-    # upstream's sound-completion datasets hold each audio turn as a string in "text"
-    turns = [T.audio_turn([5, 6]), T.codes_to_string([7])]
-    datasets.Dataset.from_list([{"text": t} for t in turns]).to_parquet(str(tmp_path / "t.parquet"))
-    assert hub_rows(str(tmp_path / "t.parquet")) == [
-        {"text": T.audio_turn([5, 6]), "source": 0},
-        {"text": T.audio_turn([7]), "source": 1},
-    ]
-    datasets.Dataset.from_list([{"text": "hello"}]).to_parquet(str(tmp_path / "words.parquet"))
-    with pytest.raises(HubDataError, match="row 0: 'text': expected a sound token"):
-        hub_rows(str(tmp_path / "words.parquet"))
-    datasets.Dataset.from_list([{"prompt": "x"}]).to_parquet(str(tmp_path / "other.parquet"))
-    with pytest.raises(HubDataError, match="expected a 'tokens', 'text' or 'conversations'"):
-        hub_rows(str(tmp_path / "other.parquet"))
+    codes = hub.prepare_published("phase1", str(tmp_path / "codes"), tmp_path / "c", count, 512)
+    assert codes.dataset["text"][:] == [T.audio_turn([1, 2, 512])]
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        (
+            [{"prompt": "x"}],
+            r"phase2 expects a column 'conversations' or 'messages', found \['prompt'\]",
+        ),
+        (
+            [{"conversations": [{"role": "user", "content": T.codes_to_string([3])}]}],
+            r"row 1: 'conversations'\[0\]: sound tokens outside a <\|sound_start\|>",
+        ),
+        (
+            [{"conversations": [{"role": "user", "content": T.audio_turn([3])[:-3]}]}],
+            r"row 1: 'conversations'\[0\]: sound tokens outside",
+        ),
+        (
+            [{"conversations": [{"from": "human", "value": "hi"}]}],
+            r"row 1: 'conversations'\[0\]: a message needs 'role' and 'content'",
+        ),
+        (
+            [{"conversations": [{"role": "robot", "content": "hi"}]}],
+            r"row 1: 'conversations'\[0\]: role 'robot'",
+        ),
+        ([{"conversations": []}], r"row 1: 'conversations': expected a non-empty list"),
+        (
+            [{"conversations": [{"role": "user", "content": T.audio_turn([])}]}],
+            r"row 1: 'conversations'\[0\]: empty audio turn",
+        ),
+    ],
+)
+def test_bad_published_chats_name_the_dataset_row_and_column(world, tmp_path, rows, match):
+    import datasets
+
+    from ichigo_lib.data import hub
+
+    good = _published_chats(1)
+    if "conversations" in rows[0]:
+        rows = [{"conversations": good[0]["conversations"]}, *rows]
+    datasets.Dataset.from_list(rows).to_json(str(tmp_path / "bad.jsonl"))
+    count = phases.token_counter(_tokenizer(world))
+    earlier = hub.prepare_published(
+        "phase2", _write(good, tmp_path / "ok.jsonl"), tmp_path / "p2", count, 64
+    )
+    with pytest.raises(hub.HubDataError, match=str(tmp_path / "bad.jsonl") + ".*" + match):
+        hub.prepare_published("phase2", str(tmp_path / "bad.jsonl"), tmp_path / "p2", count, 64)
+    assert datasets.load_from_disk(str(earlier.path)).num_rows == 1  # nothing produced is lost
+
+
+def _write(rows, path):
+    import datasets
+
+    datasets.Dataset.from_list(rows).to_json(str(path))
+    return str(path)
+
+
+def test_bad_published_sound_rows_name_the_row_and_column(world, tmp_path):
+    from ichigo_lib.data import hub
+
+    count = phases.token_counter(_tokenizer(world))
+    bare = [{"text": T.audio_turn([5])}, {"text": T.codes_to_string([7])}]
+    with pytest.raises(hub.HubDataError, match=r"row 1: 'text': not wrapped in <\|sound_start\|>"):
+        hub.prepare_published(
+            "phase1", _write(bare, tmp_path / "a.jsonl"), tmp_path / "p", count, 64
+        )
+    words = [{"text": T.SOUND_START + "hello" + T.SOUND_END}]
+    with pytest.raises(hub.HubDataError, match=r"row 0: 'text': expected a sound token"):
+        hub.prepare_published(
+            "phase1", _write(words, tmp_path / "b.jsonl"), tmp_path / "p", count, 64
+        )
+    codes = [{"index": 0, "tokens": [1, 600]}]
+    with pytest.raises(hub.HubDataError, match=r"row 0: 'tokens': code 600"):
+        hub.prepare_published(
+            "phase1", _write(codes, tmp_path / "c.jsonl"), tmp_path / "p", count, 64
+        )
+    _parquet_shards(bare, tmp_path / "raw" / "polish", shards=1)
+    with pytest.raises(hub.HubDataError, match=r"raw/polish: row 1: 'text': not wrapped"):
+        hub.prepare_published(
+            "phase1", str(tmp_path / "raw"), tmp_path / "p", count, 64, languages={"polish": 1.0}
+        )
+    with pytest.raises(hub.HubDataError, match=r"german: no parquet/json/arrow files"):
+        hub.prepare_published(
+            "phase1", str(tmp_path), tmp_path / "p", count, 64, languages={"german": 1.0}
+        )
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_published_phase_replaces_the_worlds_rows_and_is_not_spoken(world, tmp_path):

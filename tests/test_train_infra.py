@@ -109,7 +109,8 @@ def _text_run(root: Path, template: str = "base_text", **values):
 
 def test_tune_command_routes_distributed_runs_through_the_patched_recipe():
     single = tune_command(STOCK, "c.yaml")
-    assert single[-3:] == [STOCK, "--config", "c.yaml"] and "--nproc_per_node" not in single
+    assert single[-3:] == [f"ichigo_lib/train/recipes/{STOCK}.py", "--config", "c.yaml"]
+    assert "--nproc_per_node" not in single
     dist = tune_command("full_finetune_distributed", "c.yaml", nproc_per_node=1)
     assert dist[2:5] == [
         "--nproc_per_node",

@@ -104,6 +104,115 @@ def test_bin_packed_passes_fill_torchtunes_packs():
     assert list(packing.pass_order(lengths, 0)) == list(range(600))  # unpacked: file order
 
 
+def _first_fit_reference(lengths, epoch, pack_len):
+    """pass_order's packing written plainly: first fit, longest first, packs shuffled."""
+    rng = np.random.default_rng(epoch)
+    order = rng.permutation(len(lengths))
+    packs, room = [], []
+    for i in sorted(order.tolist(), key=lambda i: -lengths[i]):
+        slot = next((p for p in range(len(packs)) if room[p] >= lengths[i]), None)
+        if slot is None:
+            slot = len(packs)
+            packs.append([])
+            room.append(pack_len)
+        packs[slot].append(i)
+        room[slot] -= lengths[i]
+    return [i for p in rng.permutation(len(packs)) for i in packs[p]]
+
+
+def test_pass_order_packs_first_fit_decreasing_exactly():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        pack_len = int(rng.choice([16, 64, 512]))
+        lengths = rng.integers(1, pack_len + 1, int(rng.integers(0, 200))).tolist()
+        for epoch in range(2):
+            got = packing.pass_order(lengths, epoch, pack_len).tolist()
+            assert got == _first_fit_reference(lengths, epoch, pack_len), (trial, epoch)
+    with pytest.raises(ValueError, match="row 1 has 70 tokens, more than the pack length 64"):
+        packing.pass_order([3, 70], 0, 64)
+
+
+def test_counted_packs_are_the_packed_datasets_length(init_dir, tmp_path):
+    tok = WordTokenizer(init_dir, max_seq_len=64)
+    rng = np.random.default_rng(0)
+    chats = [
+        {
+            "conversations": [
+                {"role": "user", "content": "what is " + T.audio_turn(rng.integers(0, 512, n))},
+                {"role": "assistant", "content": "Vazelro"},
+            ]
+        }
+        for n in rng.integers(1, 40, 120)
+    ]
+    path = _jsonl(tmp_path / "c.jsonl", chats)
+    count = token_counter(__import__("transformers").AutoTokenizer.from_pretrained(init_dir))
+    lengths = [count(r) for r in chats]
+    plain = components.ChatDataset(tok, path, train_on_input=True)
+    assert lengths == [len(plain[i]["tokens"]) for i in range(len(chats))]  # EOS included
+    sound = {"text": T.audio_turn([1, 2, 3])}
+    one = components.SoundCompletionDataset(tok, _jsonl(tmp_path / "s.jsonl", [sound]))
+    assert count(sound) == len(one[0]["tokens"])
+    packed = components.chat_dataset(tok, path, repeat=3, packed=True, bin_pack=True)
+    assert len(packed) == packing.count_packs(lengths, 3, 64)
+
+
+def test_pass_slices_read_each_sample_once_across_ranks_and_periods():
+    from ichigo_lib.train.sampler import PassSliceSampler
+
+    data = list(range(103))
+    seen = []
+    for epoch in range(3):  # 3 periods of 32 samples over 2 ranks; 7 left out
+        for rank in range(2):
+            sampler = PassSliceSampler(data, 2, rank, samples=103, period_samples=32)
+            sampler.set_epoch(epoch)
+            assert len(sampler) == 16
+            seen += list(sampler)
+    assert len(seen) == len(set(seen)) == 96
+    resumed = PassSliceSampler(data, 2, 1, samples=103, period_samples=32)
+    resumed.set_epoch(2)
+    assert list(resumed) == seen[-16:]  # a resumed run reads its epoch's slice
+    with pytest.raises(ValueError, match="dataset has 103 samples, .* derived for 100"):
+        PassSliceSampler(data, 2, 0, samples=100, period_samples=32)
+    with pytest.raises(ValueError, match="do not split over 2 ranks"):
+        PassSliceSampler(data, 2, 0, samples=103, period_samples=33)
+    late = PassSliceSampler(data, 2, 0, samples=103, period_samples=32)
+    late.set_epoch(3)
+    with pytest.raises(ValueError, match="more epochs than the schedule's periods"):
+        list(late)
+
+
+def test_write_phase_rows_counts_in_processes_and_streams_the_same_rows(init_dir, tmp_path):
+    import datasets
+    from transformers import AutoTokenizer
+
+    rng = np.random.default_rng(1)
+    rows = [
+        {
+            "conversations": [
+                {"role": "user", "content": T.audio_turn(rng.integers(0, 512, n))},
+                {"role": "assistant", "content": "Vazelro"},
+            ],
+            "source": i,
+        }
+        for i, n in enumerate(rng.integers(1, 60, 3000))
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    before = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    count = token_counter(AutoTokenizer.from_pretrained(init_dir))
+    one = phases.write_phase_rows(tmp_path / "ds", tmp_path / "one.jsonl", count, 48)
+    two = phases.write_phase_rows(tmp_path / "ds", tmp_path / "two.jsonl", count, 48, num_proc=2)
+    lengths = [count(r) for r in rows]
+    fits = [r for r, n in zip(rows, lengths, strict=True) if n <= 48]
+    assert one.over_long == two.over_long == sum(n > 48 for n in lengths) > 0
+    assert one.lengths == two.lengths == [n for n in lengths if n <= 48]
+    lines = two.path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"conversations": r["conversations"]} for r in fits
+    ]
+    assert one.path.read_text() == two.path.read_text()
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == before  # no cache files
+
+
 def test_phase_rows_count_over_long_rows_and_leave_them_out(init_dir, tmp_path):
     import datasets
     from transformers import AutoTokenizer
@@ -160,3 +269,28 @@ def test_two_phases_train_with_tune_run_and_reply(init_dir, tmp_path):
     assert len(said) == 3 and all(isinstance(s, str) for s in said)
     with torch.no_grad():
         assert replies.exact_match(["Vazelro", "b"], ["vazelro.", "c"]) == 0.5
+
+
+def test_a_phase_of_one_epoch_trains_the_derived_steps_once_over_the_packs(init_dir, tmp_path):
+    import dataclasses
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    phase = load_config("smoke").phase1
+    train = dataclasses.replace(phase.train, num_steps=None, epochs=1)
+    phase = dataclasses.replace(phase, train=train, checkpoint_every=4)
+    rng = np.random.default_rng(2)
+    sound = [{"text": T.audio_turn(rng.integers(0, 50, n))} for n in rng.integers(20, 120, 120)]
+    datasets.Dataset.from_list(sound).save_to_disk(str(tmp_path / "p1"))
+    count = token_counter(AutoTokenizer.from_pretrained(init_dir))
+    rows = phases.write_phase_rows(tmp_path / "p1", tmp_path / "p1.jsonl", count, 256)
+    run = phases.train_phase("phase1", phase, "sound", init_dir, rows, tmp_path / "a")
+    plan = run.schedule
+    assert plan.samples == packing.count_packs(rows.lengths, 1, 256)  # the sampler checked it
+    assert plan.num_steps == plan.samples // 2 - (plan.samples // 2) % plan.periods
+    log = run.tune.metrics()
+    assert [r["step"] for r in log] == list(range(1, plan.num_steps + 1))
+    assert len(run.checkpoints) == plan.periods == -(-(plan.samples // 2) // 4)
+    # warmup then cosine to zero over exactly the derived steps
+    assert log[0]["lr"] == pytest.approx(train.lr) and log[-1]["lr"] < 0.05 * train.lr

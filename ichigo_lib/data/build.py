@@ -4,7 +4,8 @@ Layout under ``out_dir``::
 
     speech/utterances/   pipeline output {index, tokens} (shards, failure/rejection logs)
     speech/dialogues/    pipeline output {index, conversations}
-    datasets/<name>/     HF datasets (Arrow) of every phase and held-out set
+    datasets/<name>/     HF datasets (Arrow) of every phase and held-out set; a phase with a
+                         published dataset (``data.published_<phase>``) takes it instead
     cards.json           one dataset card per dataset (see ``phases.dataset_card``)
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from ichigo_lib import tokens as T
 from ichigo_lib.config import DataConfig, SpeechConfig
 from ichigo_lib.data import phases
-from ichigo_lib.data.hub import hub_rows
+from ichigo_lib.data.hub import prepare_published
 from ichigo_lib.data.pipeline import PipelineReport, merge_shards, run_pipeline
 from ichigo_lib.data.synth import SynthSpec
 from ichigo_lib.speech import audio as A
@@ -31,13 +32,14 @@ SYNTH = "ichigo_lib.data.synth"
 
 @dataclass
 class PhaseData:
-    """What :func:`build_phase_data` made: datasets on disk, cards, pipeline reports."""
+    """What :func:`build_phase_data` made: datasets on disk, cards, pipeline reports. A published
+    phase's rows are its memory-mapped ``datasets.Dataset``, never a list."""
 
     plan: phases.SpeechPlan
-    rows: dict[str, list[dict[str, Any]]]
+    rows: dict[str, Any]  # name -> list of rows, or a datasets.Dataset (published)
     paths: dict[str, Path]
     cards: dict[str, dict[str, Any]]
-    lengths: dict[str, list[int]]
+    lengths: dict[str, Any]  # name -> token counts per row (a list or an array)
     reports: dict[str, PipelineReport]
     audio_seconds: float
     pipeline_seconds: float
@@ -150,15 +152,27 @@ def build_phase_data(
     audio_tokens = sum(map(len, spoken.values())) + sum(
         _audio_tokens(chat) for chat in spoken_dialogues.values()
     )
-    rows = phases.build_phase_datasets(plan, spoken, spoken_dialogues, data)
-    for name in ("phase1", "phase2", "phase3"):
-        ref = getattr(data, f"published_{name}")
-        if ref is not None:
-            rows[name] = hub_rows(ref)
+    rows: dict[str, Any] = phases.build_phase_datasets(plan, spoken, spoken_dialogues, data)
     failed = _failed_by_dataset(plan, spoken, spoken_dialogues)
     paths, cards, all_lengths = {}, {}, {}
     for name, dataset_rows in rows.items():
         paths[name] = out_dir / "datasets" / name
+        ref = getattr(data, f"published_{name}", None)
+        if ref is not None:
+            languages = data.published_phase1_languages if name == "phase1" else None
+            published = prepare_published(
+                name,
+                ref,
+                paths[name],
+                count_tokens,
+                data.max_seq_len,
+                data.num_workers,
+                languages,
+                seed=data.seed,
+            )
+            rows[name], all_lengths[name] = published.dataset, published.lengths
+            cards[name] = published.card
+            continue
         datasets.Dataset.from_list(dataset_rows).save_to_disk(str(paths[name]))
         lengths = all_lengths[name] = [count_tokens(r) for r in dataset_rows]
         cards[name] = phases.dataset_card(
@@ -185,6 +199,8 @@ def _failed_by_dataset(plan, spoken, spoken_dialogues) -> dict[str, int]:
         "transcription": "phase2",
         "eval_instruction": "eval_speech_qa",
         "eval_transcription": "eval_transcription",
+        "eval_instruction_voice": "eval_speech_qa_causes",
+        "eval_instruction_phrasing": "eval_speech_qa_causes",
     }
     failed: dict[str, int] = {}
     for u in plan.utterances:

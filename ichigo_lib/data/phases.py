@@ -16,7 +16,9 @@ Two steps, with the speech pipeline in between:
      (text-only chat), mixed by :attr:`DataConfig.mix`; no transcription token;
    * ``phase3``: ``{conversations, turns}``, multi-turn speech chats (the world's dialogues: 90 %
      two user turns, 10 % four or more);
-   * ``eval_speech_qa`` / ``eval_transcription``: held-out spoken questions / sentences.
+   * ``eval_speech_qa`` / ``eval_transcription``: held-out spoken questions / sentences;
+   * ``eval_speech_qa_causes``: ``{conversations, question, split}``, the spoken questions new
+     in one respect only (``split`` ``voice`` or ``phrasing``, see :data:`CAUSES`).
 
    Every row keeps ``source``: the plan index of the utterance (or dialogue) it was spoken from,
    -1 for text-only rows.
@@ -28,6 +30,7 @@ rows over ``max_seq_len`` (never truncated here) and summarises lengths and mix 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,10 +44,24 @@ from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
 from ichigo_lib.data.synth import voice_dict
 from ichigo_lib.speech import tts
 from ichigo_lib.speech.corpus import heldout_voices
+from ichigo_lib.wordtok import END_HEADER, START_HEADER
 from ichigo_lib.world import World
 
 KINDS = ("speech_instruction", "transcription", "text")
-USES = ("phase1", "instruction", "transcription", "eval_instruction", "eval_transcription")
+BATCH_SIZE = 1000  # rows per datasets.map batch
+USES = (
+    "phase1",
+    "instruction",
+    "transcription",
+    "eval_instruction",
+    "eval_transcription",
+    "eval_instruction_voice",
+    "eval_instruction_phrasing",
+)
+# The held-out spoken questions split by what is new in them: ``both`` (phrasing and voice, the
+# headline set ``eval_speech_qa``), ``voice`` (a trained question in a held-out voice) and
+# ``phrasing`` (a held-out question in a voice drawn like the training voices).
+CAUSES = {"eval_instruction_voice": "voice", "eval_instruction_phrasing": "phrasing"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,12 @@ class SpeechPlan:
     text_chats: list[list[dict[str, str]]]  # the phase-2 text-only rows
 
     def heldout_texts(self) -> set[str]:
-        return {u["text"] for u in self.utterances if u["use"].startswith("eval_")}
+        """Texts no training row may contain (the ``voice`` split re-speaks trained questions)."""
+        return {
+            u["text"]
+            for u in self.utterances
+            if u["use"].startswith("eval_") and u["use"] != "eval_instruction_voice"
+        }
 
 
 def mix_counts(total: int, mix: Sequence[float]) -> dict[str, int]:
@@ -132,7 +154,28 @@ def speech_plan(world: World, cfg: DataConfig) -> SpeechPlan:
         for i, d in enumerate(world.dialogues[: cfg.phase3_dialogues])
         if d.messages[0]["content"] not in heldout and cfg.published_phase3 is None
     ]
+    _add_causes(add, utterances, held_qa, cfg)
     return SpeechPlan(utterances, dialogues, text_chats)
+
+
+def _add_causes(add, utterances: list[dict[str, Any]], held_qa: list, cfg: DataConfig) -> None:
+    """Half of ``eval_questions`` each: trained questions re-spoken in the held-out voices, and
+    the first held-out questions spoken in voices drawn like the training ones (own seed, so the
+    training rows do not change with it)."""
+    rng = random.Random(f"eval-causes/{cfg.seed}")
+    n = cfg.eval_questions // 2
+    trained = list({u["text"]: u for u in utterances if u["use"] == "instruction"}.values())
+    for i, u in enumerate(rng.sample(trained, min(n, len(trained)))):
+        add(
+            u["text"],
+            "en",
+            heldout_voices("en")[i % 2],
+            "eval_instruction_voice",
+            answer=u["answer"],
+        )
+    for q in held_qa[:n]:
+        voice = tts.random_voice("en", rng, cfg.speeds)
+        add(q.question, "en", voice, "eval_instruction_phrasing", answer=q.answer)
 
 
 def _user(content: str) -> dict[str, str]:
@@ -160,6 +203,7 @@ def build_phase_datasets(
         "phase2": [],
         "phase3": [],
         "eval_speech_qa": [],
+        "eval_speech_qa_causes": [],
         "eval_transcription": [],
     }
     for u in plan.utterances:
@@ -180,6 +224,10 @@ def build_phase_datasets(
         elif use == "eval_instruction":
             chat = [_user(turn), _assistant(u["answer"])]
             out["eval_speech_qa"].append({"conversations": chat, "question": u["text"], **src})
+        elif use in CAUSES:
+            chat = [_user(turn), _assistant(u["answer"])]
+            row = {"conversations": chat, "question": u["text"], "split": CAUSES[use], **src}
+            out["eval_speech_qa_causes"].append(row)
         elif use == "eval_transcription":
             chat = [_user(f"{TRANSCRIPTION_PROMPTS[0]}\n{turn}"), _assistant(u["text"])]
             out["eval_transcription"].append({"conversations": chat, "lang": u["lang"], **src})
@@ -217,17 +265,85 @@ def row_text(row: Mapping[str, Any]) -> str:
     return "\n".join(m["content"] for m in row["conversations"])
 
 
-def token_counter(tokenizer) -> Callable[[Mapping[str, Any]], int]:
-    """``count(row)`` -> LLM tokens of a row as trained: ``[BOS] text [EOS]`` for phase-1 rows,
-    the chat template for conversations (``tokenizer`` is a transformers tokenizer)."""
+# a well-formed audio turn: each sound token is one LLM token, counted without tokenizing
+_AUDIO_TURN = re.compile(
+    re.escape(T.SOUND_START) + r"(?:<\|sound_\d{4}\|>)*" + re.escape(T.SOUND_END)
+)
+_WRAPPERS = len(T.SOUND_START) + len(T.SOUND_END)
+_SOUND_TOKEN = len(T.SOUND_TOKENS[0])
 
-    def count(row: Mapping[str, Any]) -> int:
-        if "text" in row:
-            return len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) + 2
-        text = tokenizer.apply_chat_template(row["conversations"], tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return count
+class TokenCounter:
+    """LLM tokens of rows as torchtune trains them (``tokenizer``: a transformers tokenizer).
+
+    A phase-1 row is ``[BOS] text [EOS]``; a conversation is Llama-3's layout without a system
+    prompt: BOS, per message a header (``<|start_header_id|>role<|end_header_id|>`` and two
+    newlines), its stripped content and EOT, then EOS: the tokens torchtune's tokenizers emit,
+    whatever chat template the transformers tokenizer carries. Sound tokens, one id each, are
+    counted; only the text between audio turns is tokenized (as both tokenizers split it).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._headers: dict[str, int] = {}
+
+    def __call__(self, row: Mapping[str, Any]) -> int:
+        key = "text" if "text" in row else "conversations"
+        return self.batch({key: [row[key]]})[0]
+
+    def batch(self, batch: Mapping[str, Sequence]) -> list[int]:
+        """Tokens of each row of a column batch (``{"text": [...]}`` or
+        ``{"conversations": [...]}``, as ``datasets.map(batched=True)`` passes them)."""
+        if "text" in batch:
+            return [n + 2 for n in self._texts(batch["text"])]
+        chats = batch["conversations"]
+        sizes = iter(self._texts([m["content"].strip() for c in chats for m in c]))
+        return [2 + sum(self._header(m["role"]) + next(sizes) + 1 for m in c) for c in chats]
+
+    def _texts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text: its audio turns' sound tokens, then the text around them."""
+        counts, pieces, owners = [], [], []
+        for i, text in enumerate(texts):
+            last, sound = 0, 0
+            for turn in _AUDIO_TURN.finditer(text):
+                sound += (turn.end() - turn.start() - _WRAPPERS) // _SOUND_TOKEN + 2
+                pieces.append(text[last : turn.start()])
+                last = turn.end()
+            pieces.append(text[last:])
+            owners += [i] * (len(pieces) - len(owners))
+            counts.append(sound)
+        for i, ids in zip(owners, self._ids(pieces), strict=True):
+            counts[i] += len(ids)
+        return counts
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _header(self, role: str) -> int:
+        if role not in self._headers:
+            header = f"{START_HEADER}{role}{END_HEADER}\n\n"
+            self._headers[role] = len(self._ids([header])[0])
+        return self._headers[role]
+
+
+def token_counter(tokenizer) -> TokenCounter:
+    """``count(row)`` -> LLM tokens of a row as trained (see :class:`TokenCounter`)."""
+    return TokenCounter(tokenizer)
+
+
+def map_processes(num_proc: int | None, rows: int) -> int | None:
+    """``datasets.map`` worker processes for ``rows`` rows: none for a small dataset (starting
+    them costs more than they save)."""
+    return num_proc if num_proc and num_proc > 1 and rows >= BATCH_SIZE * num_proc else None
+
+
+def count_batch(count: Callable[[Mapping[str, Any]], int], batch: Mapping[str, Sequence]):
+    """``count`` over a column batch: batched for a :class:`TokenCounter`, else row by row."""
+    if isinstance(count, TokenCounter):
+        return count.batch(batch)
+    return [
+        count(dict(zip(batch, values, strict=True))) for values in zip(*batch.values(), strict=True)
+    ]
 
 
 def dataset_card(
@@ -237,7 +353,8 @@ def dataset_card(
     max_seq_len: int,
     failed: int = 0,
 ) -> dict[str, Any]:
-    """Counts, length summary (LLM tokens), over-long rows and mix fractions of one dataset."""
+    """Counts, length summary (LLM tokens), over-long rows and mix fractions of one dataset
+    (``rows``: a list of rows or a ``datasets.Dataset``, whose label columns are read whole)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     card: dict[str, Any] = {
         "name": name,
@@ -255,10 +372,25 @@ def dataset_card(
             "tokens_max": int(lengths.max()),
         }
     for key in ("kind", "turns", "lang"):
-        values = [r[key] for r in rows if key in r]
-        if values:
-            if key == "turns":
-                values = ["2" if v <= 2 else "4+" if v >= 4 else "3" for v in values]
-            counts = Counter(values)
-            card[f"{key}_fractions"] = {str(k): counts[k] / len(values) for k in sorted(counts)}
+        counts = _label_counts(rows, key)
+        if key == "turns":
+            buckets: Counter = Counter()
+            for turns, n in counts.items():
+                buckets["2" if turns <= 2 else "4+" if turns >= 4 else "3"] += n
+            counts = buckets
+        total = sum(counts.values())
+        if total:
+            card[f"{key}_fractions"] = {str(k): counts[k] / total for k in sorted(counts)}
     return card
+
+
+def _label_counts(rows, key: str) -> Counter:
+    """How often each value of column ``key`` occurs (counted in Arrow for a Dataset)."""
+    if hasattr(rows, "column_names"):
+        if key not in rows.column_names:
+            return Counter()
+        import pyarrow.compute as pc
+
+        counts = pc.value_counts(rows.with_format("arrow")[key]).to_pylist()
+        return Counter({c["values"]: c["counts"] for c in counts})
+    return Counter(r[key] for r in rows if key in r)

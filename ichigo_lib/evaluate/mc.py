@@ -9,7 +9,9 @@ Two formulations of the same items:
   that knows the facts still picks letters at chance, so ``tiny`` leads with cloze.
 
 Benchmarks are registered by name: ``tinyworld`` (local tasks written from the tiny world's
-held-out items) and ``mmlu`` (lm-eval's ``mmlu`` and ``mmlu_continuation`` groups, from the hub).
+held-out items) and ``mmlu`` (lm-eval's own ``mmlu`` and ``mmlu_continuation`` groups: letters
+as the paper reports, and the cloze form beside them). lm-eval's groups read ``cais/mmlu`` from
+the hub; ``eval.mc.dataset`` points them at another hub id or a local copy of that repository.
 """
 
 from __future__ import annotations
@@ -32,18 +34,23 @@ FORMAT_WORDS = (*LETTERS, "Answer", ".", ":")
 
 @dataclass(frozen=True)
 class Benchmark:
-    """lm-eval task names for both formulations (and, for local tasks, how to write them)."""
+    """lm-eval task names for both formulations; ``dataset``: the default dataset of lm-eval's
+    built-in tasks, None for local tasks written here."""
 
     letter_task: str
     cloze_task: str
     cloze_metric: str
-    local: bool
+    dataset: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.dataset is None
 
 
 BENCHMARKS = {
-    "tinyworld": Benchmark("tinyworld_mc_letter", "tinyworld_mc_cloze", "acc_norm", local=True),
+    "tinyworld": Benchmark("tinyworld_mc_letter", "tinyworld_mc_cloze", "acc_norm"),
     # lm-eval's mmlu_continuation group aggregates only acc (its subtasks also report acc_norm)
-    "mmlu": Benchmark("mmlu", "mmlu_continuation", "acc", local=False),
+    "mmlu": Benchmark("mmlu", "mmlu_continuation", "acc", dataset="cais/mmlu"),
 }
 
 _LETTER_PROMPT = (
@@ -98,12 +105,29 @@ def write_local_tasks(items: list[MCItem], task_dir: str | Path) -> Path:
     return task_dir
 
 
-def prepare_tasks(cfg: MCConfig, world: World, task_dir: str | Path) -> Path | None:
-    """The ``include_path`` lm-eval needs for ``cfg.benchmark``: written from the world's
-    items for local benchmarks, ``None`` for lm-eval's built-in ones."""
-    if not BENCHMARKS[cfg.benchmark].local:
-        return None
-    return write_local_tasks(list(world.mc), task_dir)
+def write_dataset_groups(bench: Benchmark, dataset: str, task_dir: str | Path) -> Path:
+    """Groups in ``task_dir`` that run lm-eval's own groups of ``bench`` on ``dataset`` (a hub
+    id, or a local copy of the hub repository), every subtask unchanged but its dataset."""
+    task_dir = Path(task_dir)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    source = str(Path(dataset).resolve()) if Path(dataset).exists() else dataset
+    for task in (bench.letter_task, bench.cloze_task):
+        spec = {"group": _on_dataset(task), "task": [{"group": task, "dataset_path": source}]}
+        (task_dir / f"{_on_dataset(task)}.yaml").write_text(json.dumps(spec))
+    return task_dir
+
+
+def _on_dataset(task: str) -> str:
+    return f"{task}_on_dataset"
+
+
+def prepare_tasks(cfg: MCConfig, world: World, task_dir: str | Path) -> Path:
+    """The ``include_path`` lm-eval needs for ``cfg.benchmark``: tasks written from the world's
+    items for local benchmarks, groups reading ``cfg.dataset`` for lm-eval's built-in ones."""
+    bench = BENCHMARKS[cfg.benchmark]
+    if bench.local:
+        return write_local_tasks(list(world.mc), task_dir)
+    return write_dataset_groups(bench, cfg.dataset or bench.dataset, task_dir)
 
 
 @dataclass(frozen=True)
@@ -126,24 +150,22 @@ class MCResult:
         }
 
 
-def evaluate_mc(
-    model_dir: str | Path, cfg: MCConfig, task_dir: str | Path | None = None
-) -> MCResult:
-    """Score an HF checkpoint on ``cfg.benchmark`` with ``cfg.num_fewshot`` shots, both ways."""
+def evaluate_mc(model_dir: str | Path, cfg: MCConfig, task_dir: str | Path) -> MCResult:
+    """Score an HF checkpoint on ``cfg.benchmark`` with ``cfg.num_fewshot`` shots, both ways;
+    ``task_dir`` is what :func:`prepare_tasks` wrote."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     bench = BENCHMARKS[cfg.benchmark]
-    if bench.local and task_dir is None:
-        raise ValueError(f"benchmark '{cfg.benchmark}' needs task_dir from write_local_tasks")
-    manager = TaskManager(include_path=str(task_dir) if bench.local else None)
+    tasks = [bench.cloze_task, bench.letter_task]
+    manager = TaskManager(include_path=str(task_dir))
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     log = io.StringIO()  # lm-eval's per-request progress bars; kept in the result, not printed
     with contextlib.redirect_stderr(log):
         out = lm_eval.simple_evaluate(
             model="hf",
             model_args={"pretrained": str(model_dir), "dtype": cfg.dtype},
-            tasks=[bench.cloze_task, bench.letter_task],
+            tasks=tasks if bench.local else [_on_dataset(t) for t in tasks],
             num_fewshot=cfg.num_fewshot,
             batch_size=cfg.batch_size,
             device=cfg.device,

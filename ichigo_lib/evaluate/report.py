@@ -9,7 +9,10 @@ returns a JSON-able section of the report:
   (AudioBench rubric), with the judge's name;
 * :func:`transcription`: WER per language and per prompt, the eight prompts in turn;
 * :func:`refusal`: precision/recall of refusing inaudible vs speech inputs, per phase;
-* :func:`latency`: time to first token of early fusion and of a cascade, same clips, same run.
+* :func:`latency`: time to first token of early fusion and of a cascade, same clips, same run;
+* :func:`benchmarks` (only when ``eval.benchmarks`` is set, as in ``full``): the paper's
+  AudioBench spoken instructions, judged under AudioBench's rubric, LibriSpeech WER, and time
+  to first token on those clips.
 
 :func:`evaluate_all` runs them in order (the CLI); :func:`flat_metrics` turns a report into the
 manifest's flat metrics. Tables and the paper's numbers beside ours are in
@@ -28,6 +31,7 @@ from typing import Any
 from ichigo_lib import tokens as T
 from ichigo_lib.config import Config, JudgeConfig
 from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
+from ichigo_lib.evaluate import benchmarks as B
 from ichigo_lib.evaluate import judge as J
 from ichigo_lib.evaluate import latency as L
 from ichigo_lib.evaluate import mc, replies, speech_chat, wer
@@ -105,15 +109,19 @@ def load_rows(path: Path, limit: int | None, required: Sequence[str]) -> list[di
 _REPLIES: dict[str, list[str]] = {}  # greedy replies are deterministic: ask each thing once
 
 
-def _generate(model_dir: Path, prompts: list, cfg: Config) -> list[str]:
-    """Greedy replies, memoised per (checkpoint, prompts, length) for this process (the refusal
-    stage asks the same spoken questions the judged stage already asked)."""
-    key = json.dumps([str(model_dir), cfg.eval.max_new_tokens, prompts], sort_keys=True)
+def _generate(
+    model_dir: Path, prompts: list, cfg: Config, max_new_tokens: int | None = None
+) -> list[str]:
+    """Greedy replies (``max_new_tokens``, default ``eval.max_new_tokens``), memoised per
+    (checkpoint, prompts, length) for this process (the refusal stage asks the same spoken
+    questions the judged stage already asked)."""
+    max_new_tokens = max_new_tokens or cfg.eval.max_new_tokens
+    key = json.dumps([str(model_dir), max_new_tokens, prompts], sort_keys=True)
     if key not in _REPLIES:
         _REPLIES[key] = replies.generate_replies(
             model_dir,
             prompts,
-            max_new_tokens=cfg.eval.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             batch_size=cfg.eval.batch_size,
             device=cfg.eval.device,
         )
@@ -364,6 +372,40 @@ def latency_systems(inputs: EvalInputs, cfg: Config):
     return vq, early, cascade
 
 
+# -- 6. the paper's benchmarks -----------------------------------------------------------------
+def benchmarks(inputs: EvalInputs, cfg: Config, judge: J.Judge) -> dict[str, Any]:
+    """Phase 3 on the sets of ``eval.benchmarks``: AudioBench's spoken instructions rated by
+    ``judge`` under ``eval.benchmarks.rubric``, LibriSpeech WER, and time to first token of
+    early fusion against the cascade on the first set's clips."""
+    b = cfg.eval.benchmarks
+    if b is None:
+        raise ValueError(f"profile {cfg.profile} sets no eval.benchmarks")
+    judge = judge.with_rubric(J.RUBRICS[b.rubric])
+    vq, early, cascade = latency_systems(inputs, cfg)
+
+    def encode(clips):
+        return vq.encode(clips, batch_size=cfg.speech.encode_batch_size)
+
+    def generate(chats):
+        return _generate(inputs.models["phase 3"], chats, cfg, b.max_new_tokens)
+
+    out: dict[str, Any] = {"judge": judge.name, "rubric": b.rubric, "split": b.split}
+    out["audiobench"], clips = {}, []
+    for key, name in B.AUDIOBENCH.items():
+        if getattr(b, key):
+            spoken = B.load_spoken_set(name, getattr(b, key), b.split, b.limit, instructions=True)
+            out["audiobench"][key] = B.speech_instructions(spoken, encode, generate, judge)
+            clips = clips or list(zip(spoken.instructions, spoken.clips, strict=True))
+    if b.librispeech:
+        spoken = B.load_spoken_set(B.LIBRISPEECH, b.librispeech, b.split, b.limit)
+        prompt = TRANSCRIPTION_PROMPTS[b.asr_prompt]
+        out["librispeech"] = B.transcription(spoken, encode, generate, prompt)
+        clips = clips or list(zip(spoken.references, spoken.clips, strict=True))
+    lat = cfg.eval.latency
+    out["latency"] = latency(early, cascade, clips[: lat.clips], lat.warmup, lat.repeats)
+    return out
+
+
 # -- the whole report --------------------------------------------------------------------------
 def evaluate_all(
     inputs: EvalInputs,
@@ -397,6 +439,8 @@ def evaluate_all(
         return latency(early, cascade, clips, cfg.eval.latency.warmup, cfg.eval.latency.repeats)
 
     report["latency"] = timed("latency", _latency)
+    if cfg.eval.benchmarks is not None:
+        report["benchmarks"] = timed("benchmarks", lambda: benchmarks(inputs, cfg, judge))
     report["timings"] = timings
     return report
 
@@ -434,6 +478,19 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float | int | str]:
         "ttft_ratio_vs_cascade": lat["ratio_vs_cascade"],
         "latency_clips": lat["clips"],
     }
+    bench = report.get("benchmarks")
+    if bench is not None:
+        for key, s in bench["audiobench"].items():
+            for name in ("judge_score_mean", "judge_parse_failures", "judge_failures", "judge_n"):
+                out[f"audiobench_{key}_{name}"] = s[name]
+        if "librispeech" in bench:
+            out["librispeech_wer"] = bench["librispeech"]["wer"]
+        blat = bench["latency"]
+        out |= {
+            "benchmark_ttft_early_fusion_ms": blat["early_fusion"]["mean_ms"],
+            "benchmark_ttft_cascade_ms": blat["cascade"]["mean_ms"],
+            "benchmark_ttft_ratio_vs_cascade": blat["ratio_vs_cascade"],
+        }
     return {key: value for key, value in out.items() if value is not None}
 
 

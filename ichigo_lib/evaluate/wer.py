@@ -1,5 +1,8 @@
 """Word error rate of transcriptions (jiwer) on normalised text.
 
+Two normalisations: :func:`normalise` for the tiny world's eight languages, and
+:func:`audiobench_normalise`, AudioBench's English one, for LibriSpeech (:func:`audiobench_wer`).
+
 ``normalise``: Unicode NFKC, lowercase, every character that is not a letter, combining mark,
 digit or apostrophe becomes a space (so ``well-known`` is two words), apostrophes survive only
 inside words (``don't`` stays, ``'quoted'`` loses them), whitespace is collapsed.
@@ -15,10 +18,55 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from functools import cache
 
 import jiwer
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'"})
+
+# AudioBench's preprocess_text_asr (src/dataset_src/text_normalizer/preprocess_text.py): after
+# Whisper's normaliser it spells out bare numbers up to 20 and the tens, expands contractions,
+# drops bracketed text, applies four jiwer transforms and removes fillers.
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+_TEENS = "fifteen sixteen seventeen eighteen nineteen"
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
+_NUMBER_WORDS = {str(i): w for i, w in enumerate(f"{_ONES} {_TEENS}".split())} | {
+    str(10 * i): w for i, w in enumerate(_TENS.split(), start=2)
+}
+_CONTRACTIONS = {
+    "i'm": "i am",
+    "you're": "you are",
+    "he's": "he is",
+    "she's": "she is",
+    "it's": "it is",
+    "we're": "we are",
+    "they're": "they are",
+    "i've": "i have",
+    "you've": "you have",
+    "we've": "we have",
+    "they've": "they have",
+    "isn't": "is not",
+    "aren't": "are not",
+    "wasn't": "was not",
+    "weren't": "were not",
+    "hasn't": "has not",
+    "haven't": "have not",
+    "hadn't": "had not",
+    "doesn't": "does not",
+    "don't": "do not",
+    "didn't": "did not",
+    "that's": "that is",
+}
+_BRACKETED = re.compile(r"(\[|\(|\{|\<)[^\(\)\\n\[\]]*(\]|\)|\}|\>)")
+_FILLERS = re.compile(r"\b(uh|umm|um|er|ah)\b")
+_JIWER = jiwer.Compose(
+    [
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.ExpandCommonEnglishContractions(),
+        jiwer.RemoveKaldiNonWords(),
+        jiwer.RemovePunctuation(),
+    ]
+)
 
 
 def normalise(text: str) -> str:
@@ -26,6 +74,37 @@ def normalise(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
     kept = "".join(c if c == "'" or unicodedata.category(c)[0] in "LMN" else " " for c in text)
     return " ".join(word for word in (w.strip("'") for w in kept.split()) if word)
+
+
+@cache
+def _whisper_english():
+    from whisper.normalizers import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def audiobench_normalise(text: str) -> str:
+    """AudioBench's English ASR normalisation: lowercase, Whisper's ``EnglishTextNormalizer``
+    (spelling, numbers to digits, ``mr`` -> ``mister``, ...), numbers up to 20 and the tens as
+    words, common contractions expanded, ``[...]``/``(...)``/``{...}``/``<...>`` removed,
+    jiwer's space/contraction/Kaldi-non-word/punctuation transforms, fillers (uh, um, umm, er,
+    ah) removed."""
+    text = _whisper_english()(text.lower())
+    for number, word in _NUMBER_WORDS.items():
+        text = re.sub(rf"\b{number}\b", word, text)
+    for contraction, expanded in _CONTRACTIONS.items():
+        text = re.sub(rf"\b{contraction}\b", expanded, text)
+    text = _JIWER(_BRACKETED.sub("", text))
+    return _FILLERS.sub("", text).strip()
+
+
+def audiobench_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER after :func:`audiobench_normalise`, as AudioBench scores LibriSpeech: a side
+    left empty by the normalisation is the word ``empty``."""
+    _check(references, hypotheses)
+    refs = [audiobench_normalise(r) or "empty" for r in references]
+    hyps = [audiobench_normalise(h) or "empty" for h in hypotheses]
+    return float(jiwer.wer(refs, hyps))
 
 
 def _check(references: Sequence[str], hypotheses: Sequence[str]) -> None:

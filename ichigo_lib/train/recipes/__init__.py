@@ -8,6 +8,7 @@ stock recipe file shipped with torchtune and runs its own entry point.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -48,12 +49,23 @@ def neutralise_cpu_memory_calls() -> None:
             setattr(torch.cpu, name, lambda *args, **kwargs: None)
 
 
+def slice_passes(stock: ModuleType, samples: int, period_samples: int) -> None:
+    """Make the recipe's epochs read consecutive slices of one pass
+    (:class:`~ichigo_lib.train.sampler.PassSliceSampler` in place of its sampler)."""
+    from ichigo_lib.train.sampler import PassSliceSampler
+
+    stock.StatefulDistributedSampler = functools.partial(
+        PassSliceSampler, samples=samples, period_samples=period_samples
+    )
+
+
 def stock_recipe_main(name: str) -> Callable[[], None]:
-    """The entry point of stock recipe ``name``, patched for CPU when the config says so.
+    """The entry point of stock recipe ``name``, patched as the config says.
 
     The returned function parses ``--config`` and overrides from ``sys.argv`` as torchtune does,
-    applies :func:`neutralise_cpu_memory_calls` if ``device`` is ``cpu``, then calls the stock
-    ``recipe_main`` on the parsed config.
+    applies :func:`neutralise_cpu_memory_calls` if ``device`` is ``cpu`` and
+    :func:`slice_passes` if ``data_slices`` is set (a phase defined by epochs, see
+    ``ichigo_lib.train.schedule``), then calls the stock ``recipe_main`` on the parsed config.
     """
     stock = load_stock_recipe(name)
 
@@ -61,6 +73,9 @@ def stock_recipe_main(name: str) -> Callable[[], None]:
     def recipe_main(cfg: DictConfig) -> None:
         if cfg.device == "cpu":
             neutralise_cpu_memory_calls()
+        slices = cfg.get("data_slices")
+        if slices is not None:
+            slice_passes(stock, int(slices.samples), int(slices.period_samples))
         return stock.recipe_main.__wrapped__(cfg)
 
     return recipe_main
