@@ -324,3 +324,25 @@ def sweep_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def listening_ladder(
+    rungs: dict[str, dict[str, float]], title: str, path: str | Path | None = None
+):
+    """The listening ladder: one group of bars per rung (tokens -> fit -> hears -> answers), one
+    bar per model or variant (``rungs[rung][model]``), all rates in 0-1."""
+    names = list(rungs)
+    models = list(dict.fromkeys(m for values in rungs.values() for m in values))
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names)), 3.4))
+    for i, model in enumerate(models):
+        values = [rungs[n].get(model, np.nan) for n in names]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set(xticks=x, xticklabels=names, ylim=(0, 1.05), ylabel="rate", title=title)
+    ax.grid(alpha=0.3, axis="y")
+    if len(models) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

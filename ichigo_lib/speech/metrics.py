@@ -34,6 +34,15 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
     return float(Levenshtein.normalized_distance(list(a), list(b)))
 
 
+def dedup(codes: Sequence[int]) -> np.ndarray:
+    """``codes`` with each run of a repeated code collapsed to one (GSLM-style deduplication)."""
+    codes = np.asarray(codes)
+    if codes.size == 0:
+        return codes
+    keep = np.concatenate([[True], codes[1:] != codes[:-1]])
+    return codes[keep]
+
+
 def pair_distance(first: Sequence[np.ndarray], second: Sequence[np.ndarray]) -> float:
     """Mean normalised edit distance of aligned pairs (e.g. the same sentence, two voices)."""
     if len(first) != len(second) or not first:
@@ -106,6 +115,9 @@ def evaluate_quantizer(model, first, second, baseline_clips, batch_size: int = 1
         "bottleneck_wer": wer(refs, hyps),
         "encode_realtime_factor": rtf,
         "voice_token_distance": pair_distance(codes[:n], codes[n:]),
+        "voice_token_distance_dedup": pair_distance(
+            [dedup(c) for c in codes[:n]], [dedup(c) for c in codes[n:]]
+        ),
         "random_pair_token_distance": random_pair_distance(codes[:n], codes[n:]),
         "kmeans_voice_token_distance": pair_distance(km_codes[:n], km_codes[n:]),
         "heldout_clips": len(utts),
