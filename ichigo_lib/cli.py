@@ -245,11 +245,10 @@ def _evaluate(args: argparse.Namespace, overrides: dict) -> int:
 
     from ichigo_lib.config import load_config
     from ichigo_lib.evaluate import report as R
-    from ichigo_lib.runs import _quiet_library_progress_bars, repo_root
+    from ichigo_lib.runs import _quiet_library_progress_bars
 
     cfg = load_config(args.profile, overrides)
-    run_dir = Path(args.run_dir)
-    run_dir = run_dir if run_dir.is_absolute() else repo_root() / run_dir
+    run_dir = _run_root(args.run_dir)
     work = run_dir / cfg.profile / "eval_report"
     out = Path(args.out) if args.out else work / "report.json"
     if cfg.num_threads:
@@ -268,19 +267,25 @@ def _evaluate(args: argparse.Namespace, overrides: dict) -> int:
     return 0
 
 
+def _run_root(run_dir: str) -> Path:
+    """``--run-dir``, relative to the repository root unless absolute (as ``ichigo run``)."""
+    from ichigo_lib.runs import repo_root
+
+    path = Path(run_dir)
+    return path if path.is_absolute() else repo_root() / path
+
+
 def _ask(args: argparse.Namespace, overrides: dict) -> int:
     """``ichigo ask``: each audio file through the quantizer of 01 and a phase's model."""
     from ichigo_lib import tokens as T
     from ichigo_lib.config import load_config
     from ichigo_lib.evaluate import report as R
     from ichigo_lib.evaluate import speech_chat
-    from ichigo_lib.runs import repo_root
     from ichigo_lib.speech.audio import load_audio
     from ichigo_lib.speech.whispervq import load_whispervq
 
     cfg = load_config(args.profile, overrides)
-    run_dir = Path(args.run_dir)
-    run_dir = run_dir if run_dir.is_absolute() else repo_root() / run_dir
+    run_dir = _run_root(args.run_dir)
     wavs = [load_audio(path) for path in args.audio]  # every file readable before models load
     inputs = R.EvalInputs.from_manifests(R.manifest_reader(run_dir, cfg.profile))
     vq = load_whispervq(

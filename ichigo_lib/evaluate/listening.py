@@ -77,10 +77,13 @@ def spoken_country_probe(
 ) -> float:
     """:func:`country_probe_accuracy` on ``(user turn, question text)`` pairs: the codes of the
     turn's audio, the country the text names (:func:`country_of`)."""
-    from ichigo_lib import tokens as T
+    from ichigo_lib.data.inaudible import audio_codes
 
     def codes(pairs):
-        return [T.string_to_codes(turn[turn.find(T.SOUND_START) :]) for turn, _ in pairs]
+        found = [audio_codes(turn) for turn, _ in pairs]
+        if any(c is None for c in found):
+            raise ValueError("every user turn needs an audio turn")
+        return found
 
     def labels(pairs):
         return [country_of(text, countries) for _, text in pairs]
@@ -89,10 +92,10 @@ def spoken_country_probe(
 
 
 def country_of(question: str, countries: Sequence[str]) -> str:
-    """The one country a question names (whole word, case-insensitive); an error otherwise."""
-    import re
+    """The one country a question names (``wer.named``); an error otherwise."""
+    from ichigo_lib.evaluate.wer import named
 
-    found = [c for c in countries if re.search(rf"\b{re.escape(c)}\b", question, re.I)]
+    found = named(question, countries)
     if len(found) != 1:
         raise ValueError(f"{question!r} names {len(found)} of the countries {found}; need one")
     return found[0]
@@ -103,19 +106,16 @@ def named_entity_recall(
 ) -> tuple[float | None, int]:
     """``wer.entity_recall`` over the texts that name exactly one country (the others, e.g.
     sentences in other languages, are skipped), and how many there were (None: none)."""
-    from ichigo_lib.evaluate.wer import entity_recall
+    from ichigo_lib.evaluate.wer import entity_recall, named
 
     if len(texts) != len(transcripts):
         raise ValueError(f"need one transcript per text, got {len(texts)} and {len(transcripts)}")
-    kept = []
-    for text, heard in zip(texts, transcripts, strict=True):
-        try:
-            kept.append((country_of(text, countries), text, heard))
-        except ValueError:
-            continue
+    kept = [
+        (t, h) for t, h in zip(texts, transcripts, strict=True) if len(named(t, countries)) == 1
+    ]
     if not kept:
         return None, 0
-    return entity_recall([t for _, t, _ in kept], [h for _, _, h in kept], countries), len(kept)
+    return entity_recall([t for t, _ in kept], [h for _, h in kept], countries), len(kept)
 
 
 def split_accuracy(correct: Sequence[bool], splits: Sequence[str]) -> dict[str, float]:
@@ -149,20 +149,20 @@ def llm_listening(
     """
     from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
     from ichigo_lib.evaluate import replies
-    from ichigo_lib.evaluate.wer import entity_recall, normalise
+    from ichigo_lib.evaluate.report import with_prompt
+    from ichigo_lib.evaluate.wer import entity_recall
 
     if not seen or not heldout:
         raise ValueError(f"need seen and held-out rows, got {len(seen)} and {len(heldout)}")
     asked = [*seen, *causes]
     said = replies.generate_replies(model_dir, [r["conversations"][:1] for r in asked])
-    correct = [
-        normalise(r["conversations"][1]["content"]) == normalise(reply)
-        for r, reply in zip(asked, said, strict=True)
-    ]
+    correct = replies.matches([r["conversations"][1]["content"] for r in asked], said)
     by_split = split_accuracy(correct, ["seen"] * len(seen) + [r["split"] for r in causes])
-    asks = [
-        [{"role": "user", "content": f"{TRANSCRIPTION_PROMPTS[0]}\n{_audio(r)}"}] for r in heldout
-    ]
+    asks = []
+    for i, r in enumerate(heldout):
+        content = r["conversations"][0]["content"]
+        turn = with_prompt(content, TRANSCRIPTION_PROMPTS[0], r.get("source", i))
+        asks.append([{"role": "user", "content": turn}])
     transcripts = replies.generate_replies(model_dir, asks, max_new_tokens=max_new_tokens)
     questions = [r["question"] for r in heldout]
     return {
@@ -186,14 +186,3 @@ def spoken_questions(rows, n: int) -> list[dict]:
             if len(out) == n:
                 break
     return out
-
-
-def _audio(row: dict) -> str:
-    """The audio turn of a row's first (user) message."""
-    from ichigo_lib import tokens as T
-
-    content = row["conversations"][0]["content"]
-    at = content.find(T.SOUND_START)
-    if at < 0:
-        raise ValueError(f"row {row.get('source', '?')}: no {T.SOUND_START} in the user turn")
-    return content[at:]

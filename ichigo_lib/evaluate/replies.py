@@ -53,10 +53,14 @@ def generate_replies(
     return replies
 
 
-def exact_match(references: Sequence[str], replies: Sequence[str]) -> float:
-    """Fraction of replies equal to their reference after :func:`~ichigo_lib.evaluate.wer.
-    normalise` (case and punctuation ignored)."""
+def matches(references: Sequence[str], replies: Sequence[str]) -> list[bool]:
+    """Whether each reply equals its reference after :func:`~ichigo_lib.evaluate.wer.normalise`
+    (case and punctuation ignored)."""
     if len(references) != len(replies) or not references:
         raise ValueError(f"{len(references)} references and {len(replies)} replies")
-    hits = sum(normalise(r) == normalise(h) for r, h in zip(references, replies, strict=True))
-    return hits / len(references)
+    return [normalise(r) == normalise(h) for r, h in zip(references, replies, strict=True)]
+
+
+def exact_match(references: Sequence[str], replies: Sequence[str]) -> float:
+    """Fraction of replies that :func:`matches` their reference."""
+    return sum(matches(references, replies)) / len(references)

@@ -148,14 +148,24 @@ def entity_recall(
     not matter. It measures how much of what a question is *about* survives a tokenizer.
     """
     _check(questions, transcripts)
-    names = {normalise(e) for e in entities} - {""}
     hits = 0
     for i, (question, transcript) in enumerate(zip(questions, transcripts, strict=True)):
-        found = [n for n in names if re.search(rf"\b{re.escape(n)}\b", normalise(question))]
+        found = named(question, entities)
         if len(found) != 1:
             raise ValueError(
                 f"question {i} ({question!r}) names {len(found)} of the entities {found}; "
                 "need exactly one"
             )
-        hits += bool(re.search(rf"\b{re.escape(found[0])}\b", normalise(transcript)))
+        hits += bool(named(transcript, found))
     return hits / len(questions)
+
+
+def named(text: str, entities: Sequence[str]) -> list[str]:
+    """The ``entities`` that ``text`` names as whole words, both sides :func:`normalise`d (one
+    per normalised form, the first given)."""
+    words = normalise(text)
+    forms: dict[str, str] = {}
+    for e in entities:
+        forms.setdefault(normalise(e), e)
+    forms.pop("", None)
+    return [e for n, e in forms.items() if re.search(rf"\b{re.escape(n)}\b", words)]
