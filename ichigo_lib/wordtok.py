@@ -23,6 +23,8 @@ BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_p
 START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, START_HEADER, END_HEADER, EOT)
 WORD_PATTERN = r"\w+|[^\w\s]"
+# the roles a chat header spells (torchtune's Message roles): without them every header is <unk>
+ROLE_WORDS = ("system", "user", "assistant", "ipython", "tool")
 
 # Llama-3's template (no system prompt is added): the same layout torchtune's Llama3Tokenizer emits.
 CHAT_TEMPLATE = (
@@ -35,8 +37,8 @@ CHAT_TEMPLATE = (
 
 
 def build_word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
-    """A transformers tokenizer over ``vocabulary`` (special tokens take the first ids)."""
-    words = [w for w in dict.fromkeys(vocabulary) if w not in SPECIAL_TOKENS]
+    """A transformers tokenizer over ``vocabulary`` and the chat roles (special tokens first)."""
+    words = [w for w in dict.fromkeys([*ROLE_WORDS, *vocabulary]) if w not in SPECIAL_TOKENS]
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Sequence(

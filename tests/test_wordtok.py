@@ -29,6 +29,15 @@ def test_torchtune_and_hf_chat_formats_give_the_same_ids(tokenizers):
     assert tt_ids == hf_ids + [tt.eos_id]  # torchtune appends end-of-text after the last turn
 
 
+def test_chat_headers_spell_their_roles_not_unk(tokenizers):
+    hf, tt = tokenizers
+    messages = [Message(role=m["role"], content=m["content"]) for m in CHAT]
+    ids, _ = tt.tokenize_messages(messages)
+    assert hf.unk_token_id not in ids
+    header = tt.tokenize_message(messages[1])[:3]
+    assert hf.convert_ids_to_tokens(header) == ["<|start_header_id|>", "assistant", "<|end_header_id|>"]
+
+
 def test_one_token_per_word_and_per_punctuation_mark(tokenizers):
     _, tt = tokenizers
     ids = tt.encode("What is the capital of Zorvia?", add_bos=False, add_eos=False)
