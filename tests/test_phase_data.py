@@ -244,9 +244,14 @@ def test_whisperspeech_paths_resample_24k_and_take_t2s_tokens(quantizer, monkeyp
     assert len(codes) == 50  # 2 s at 24 kHz -> 16 kHz -> 25 tokens/s
     assert calls[0] == ("init", {"device": "cpu", "t2s_ref": "r:t2s.model"})
     direct = synth.init_worker(quantizer=quantizer, backend="whisperspeech", path="t2s")
-    assert direct.vq is None  # the T2S path never loads Whisper
     assert direct.tokens("Hallo", "de").tolist() == list(range(30))
+    assert direct._vq is None  # the T2S path never loads Whisper
     assert calls[-1] == ("t2s", "Hallo", "de", 15.0)
+    # training rows take the T2S path; held-out rows are always spoken and encoded
+    trained = synth.speak_row({"text": "Hallo", "lang": "de", "use": "instruction"}, direct)
+    assert trained["tokens"] == list(range(30)) and direct._vq is None
+    held = synth.speak_row({"text": "Hallo", "lang": "de", "use": "eval_instruction"}, direct)
+    assert len(held["tokens"]) == 50 and calls[-1] == ("tts", "Hallo", "de")
     score = synth.agreement([codes.tolist()], [list(range(30))])
     assert 0 <= score["agreement"] <= 1 and score["length_ratio"] == pytest.approx(30 / 50)
 

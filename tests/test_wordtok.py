@@ -35,7 +35,11 @@ def test_chat_headers_spell_their_roles_not_unk(tokenizers):
     ids, _ = tt.tokenize_messages(messages)
     assert hf.unk_token_id not in ids
     header = tt.tokenize_message(messages[1])[:3]
-    assert hf.convert_ids_to_tokens(header) == ["<|start_header_id|>", "assistant", "<|end_header_id|>"]
+    assert hf.convert_ids_to_tokens(header) == [
+        "<|start_header_id|>",
+        "assistant",
+        "<|end_header_id|>",
+    ]
 
 
 def test_one_token_per_word_and_per_punctuation_mark(tokenizers):

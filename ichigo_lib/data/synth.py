@@ -5,9 +5,11 @@ WhisperVQ codes):
 
 * **audio** (upstream's): a TTS backend speaks the text (espeak-ng on CPU, WhisperSpeech's
   T2S + S2A + Vocos on GPU, 24 kHz), the clip is resampled to 16 kHz and WhisperVQ-encoded;
-* **t2s** (upstream's planned faster path): WhisperSpeech's T2S model emits the semantic tokens
-  of the text directly, skipping S2A, the vocoder and Whisper. Its tokens are only as good as
-  the T2S model; :func:`agreement` measures them against the audio path on the same texts.
+* **t2s** (how upstream made its v0.3 instruction tokens): WhisperSpeech's T2S model emits the
+  semantic tokens of the text directly (greedy, ``cps`` 15), skipping S2A, the vocoder and
+  Whisper. Its tokens are only as good as the T2S model; :func:`agreement` measures them against
+  the audio path on the same texts. The path applies to training rows only: held-out rows
+  (``use`` ``eval_*``) always go through real audio, since the model is judged on speech.
 
 :func:`init_worker` builds one :class:`SpeechTokenizer` per pipeline worker process and
 :func:`speak_row` / :func:`speak_conversation` are the ``process`` functions handed to
@@ -39,7 +41,7 @@ class SynthSpec:
 
     quantizer: str  # WhisperVQ file (see ``load_whispervq``)
     backend: str = "espeak"  # espeak | whisperspeech
-    path: str = "audio"  # audio | t2s
+    path: str = "audio"  # audio | t2s, for training rows (held-out rows: always audio)
     device: str = "cpu"
     whisper: str | None = None
     whisper_root: str | None = None
@@ -80,14 +82,19 @@ class SpeechTokenizer:
     """Text -> sound tokens through the configured backend and path (one per worker)."""
 
     def __init__(self, spec: SynthSpec):
-        from ichigo_lib.speech.whispervq import load_whispervq
-
         self.spec = spec
         self.times = StageTimes()
-        self.vq = None
-        if spec.path == "audio":
-            self.vq = load_whispervq(spec.quantizer, spec.whisper, spec.whisper_root, spec.device)
+        self._vq = None  # WhisperVQ (and its Whisper encoder), loaded on first audio row
         self._pipe = None  # WhisperSpeech pipeline, loaded on first use
+
+    @property
+    def vq(self):
+        from ichigo_lib.speech.whispervq import load_whispervq
+
+        if self._vq is None:
+            spec = self.spec
+            self._vq = load_whispervq(spec.quantizer, spec.whisper, spec.whisper_root, spec.device)
+        return self._vq
 
     # -- the WhisperSpeech models (full profile, GPU) ------------------------------------------
     def _whisperspeech(self):
@@ -128,9 +135,17 @@ class SpeechTokenizer:
         self.times.resample += time.perf_counter() - mid
         return clip
 
-    def tokens(self, text: str, lang: str, voice: tts.Voice | None = None) -> np.ndarray:
-        """WhisperVQ codes (int64) of ``text`` spoken in ``lang``."""
-        if self.spec.path == "t2s":
+    def tokens(
+        self, text: str, lang: str, voice: tts.Voice | None = None, path: str | None = None
+    ) -> np.ndarray:
+        """WhisperVQ codes (int64) of ``text`` spoken in ``lang``, through ``path`` (default: the
+        spec's)."""
+        path = path or self.spec.path
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if path == "t2s" and self.spec.backend != "whisperspeech":
+            raise ValueError("the t2s path needs backend 'whisperspeech' (espeak has no T2S model)")
+        if path == "t2s":
             start = time.perf_counter()
             toks = self._whisperspeech().t2s.generate(
                 text, cps=self.spec.cps, lang=lang, show_progress_bar=False
@@ -168,10 +183,16 @@ def check_row_text(row: Mapping[str, Any], max_chars: int = MAX_TEXT_CHARS) -> s
     return None
 
 
+def row_path(row: Mapping[str, Any], spec: SynthSpec) -> str:
+    """The path a row takes: held-out rows (``use`` ``eval_*``) are always real audio."""
+    return "audio" if str(row.get("use", "")).startswith("eval_") else spec.path
+
+
 def speak_row(row: Mapping[str, Any], state: SpeechTokenizer) -> dict[str, Any]:
-    """``{text, lang, voice}`` -> ``{tokens}`` (single-turn output)."""
+    """``{text, lang, voice, use}`` -> ``{tokens}`` (single-turn output)."""
     voice = voice_of(row) if row.get("voice") else None
-    return {"tokens": state.tokens(row["text"], row["lang"], voice).tolist()}
+    path = row_path(row, state.spec)
+    return {"tokens": state.tokens(row["text"], row["lang"], voice, path).tolist()}
 
 
 def _user_turns(row: Mapping[str, Any]) -> list[Mapping[str, Any]]:
