@@ -86,7 +86,9 @@ def _main(argv: list[str] | None) -> int:
     book = sub.add_parser("book", help="run every notebook, then render the book to _build/html")
     book.add_argument("--no-execute", action="store_true", help="only render existing runs")
     for p in (run, book):
-        p.add_argument("--profile", default="tiny", help="smoke | tiny | full (default tiny)")
+        p.add_argument(
+            "--profile", default="tiny", help="smoke | tiny | small | full (default tiny)"
+        )
         p.add_argument("--run-dir", default="runs")
         p.add_argument(
             "--set",

@@ -323,6 +323,9 @@ class DataConfig:
     published_phase1_languages: dict[str, float] | None = None
     published_phase2: str | None = None
     published_phase3: str | None = None
+    # phase -> rows kept of its published dataset (a seeded sample, drawn after every row is
+    # checked, and after phase 1's language fractions); absent: all of them
+    published_rows: dict[str, int] | None = None
 
     def __post_init__(self):
         if self.path == "t2s" and self.backend != "whisperspeech":
@@ -334,6 +337,13 @@ class DataConfig:
             raise ConfigError(
                 f"data.published_phase1_languages: fractions must be in (0, 1]: {bad}"
             )
+        budget = self.published_rows or {}
+        unknown = set(budget) - {"phase1", "phase2", "phase3"}
+        if unknown:
+            raise ConfigError(f"data.published_rows: unknown phases {sorted(unknown)}")
+        bad = {k: v for k, v in budget.items() if not (isinstance(v, int) and v >= 1)}
+        if bad:
+            raise ConfigError(f"data.published_rows: row counts must be integers >= 1: {bad}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import pytest
 from ichigo_lib.config import CONFIG_DIR, Config, ConfigError, load_config
 
 
-@pytest.mark.parametrize("profile", ["smoke", "tiny", "full"])
+@pytest.mark.parametrize("profile", ["smoke", "tiny", "full", "small"])
 def test_every_shipped_profile_loads(profile):
     cfg = load_config(profile)
     assert isinstance(cfg, Config) and cfg.profile == profile
@@ -79,8 +79,8 @@ def test_resolved_config_prints_as_yaml():
     assert "num_steps: 4" in text and "profile: smoke" in text
 
 
-def test_configs_dir_holds_the_three_profiles():
-    assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} >= {"smoke", "tiny", "full"}
+def test_configs_dir_holds_the_profiles():
+    assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} >= {"smoke", "tiny", "full", "small"}
 
 
 def test_mappings_and_variadic_tuples_coerce_and_merge_per_key():
@@ -95,6 +95,10 @@ def test_mappings_and_variadic_tuples_coerce_and_merge_per_key():
         ConfigError, match=r"'data\.published_phase1_languages' expects .*'dutch': 'all'"
     ):
         load_config("full", {"data.published_phase1_languages.dutch": "all"})
+    with pytest.raises(ConfigError, match=r"published_rows: unknown phases \['phase4'\]"):
+        load_config("full", {"data.published_rows": {"phase4": 10}})
+    with pytest.raises(ConfigError, match=r"published_rows: row counts .*'phase2': 0"):
+        load_config("full", {"data.published_rows": {"phase2": 0}})
     args = ["--nnodes", "2", "--rdzv_endpoint", "node0:29500"]
     assert load_config("full", {"phase2.train.torchrun_args": args}).phase2.train.torchrun_args == (
         tuple(args)

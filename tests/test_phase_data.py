@@ -1,6 +1,7 @@
 """Phase datasets: plan, mix ratios, chat format, held-out disjointness, cards; the speech
 workers (espeak-ng -> tiny WhisperVQ, WhisperSpeech adapters) and the whole build with resume."""
 
+import json
 import sys
 import types
 
@@ -369,6 +370,15 @@ def test_published_chats_become_the_books_rows_through_arrow(world, tmp_path):
     again = hub.prepare_published("phase2", str(tmp_path / "hub"), tmp_path / "p2", count, 40)
     assert again.dataset.column_names == ["conversations", "source"]
     assert again.dataset["conversations"][:] == [r["conversations"] for r in expected]
+    # a row budget keeps a seeded sample, in order, with its own lengths
+    budget = hub.prepare_published(
+        "phase2", str(tmp_path / "hub"), tmp_path / "b", count, 40, rows=500
+    )
+    kept = budget.dataset["conversations"][:]
+    assert len(kept) == 500 and len(budget.lengths) == 500 and budget.card["rows"] == 500
+    position = {json.dumps(r["conversations"]): i for i, r in enumerate(expected)}
+    where = [position[json.dumps(c)] for c in kept]
+    assert where == sorted(where) and budget.lengths.tolist() == [lengths[i] for i in where]
 
 
 def test_published_sound_rows_read_one_directory_per_language(world, tmp_path):

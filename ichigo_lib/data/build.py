@@ -169,6 +169,7 @@ def build_phase_data(
                 data.num_workers,
                 languages,
                 seed=data.seed,
+                rows=(data.published_rows or {}).get(name),
             )
             rows[name], all_lengths[name] = published.dataset, published.lengths
             cards[name] = published.card

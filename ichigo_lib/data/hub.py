@@ -184,14 +184,16 @@ def prepare_published(
     languages: Mapping[str, float] | None = None,
     split: str = "train",
     seed: int = 0,
+    rows: int | None = None,
 ) -> Published:
     """Phase ``name``'s dataset (``phase1``: sound rows; ``phase2``/``phase3``: chat rows, phase
     3's with ``turns``) from published ``ref``, saved to ``out_dir``.
 
     ``languages`` (phase 1): data directory -> fraction of its rows kept (a seeded sample; every
-    row is checked first). ``count``: :func:`~ichigo_lib.data.phases.token_counter`. A bad row
-    raises :class:`HubDataError` before anything is written; ``out_dir`` is replaced only once
-    the new dataset is complete.
+    row is checked first); ``rows``: the rows kept in all (a seeded sample of the checked rows;
+    None or more than there are: all). ``count``: :func:`~ichigo_lib.data.phases.token_counter`.
+    A bad row raises :class:`HubDataError` before anything is written; ``out_dir`` is replaced
+    only once the new dataset is complete.
     """
     import datasets
 
@@ -208,10 +210,13 @@ def prepare_published(
                 keep = rng.choice(len(part), round(fraction * len(part)), replace=False)
                 part = part.select(np.sort(keep))
             parts.append(part)
-        rows = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-        lengths = np.asarray(rows.with_format("numpy")["num_tokens"], dtype=np.int64)
-        rows = rows.remove_columns("num_tokens")
-        rows.save_to_disk(str(work / "saved"))
+        kept = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        if rows is not None and rows < len(kept):
+            keep = np.random.default_rng([seed, len(parts), rows]).choice(len(kept), rows, False)
+            kept = kept.select(np.sort(keep))
+        lengths = np.asarray(kept.with_format("numpy")["num_tokens"], dtype=np.int64)
+        kept = kept.remove_columns("num_tokens")
+        kept.save_to_disk(str(work / "saved"))
         old = out_dir.with_name(f".{out_dir.name}.old")
         if out_dir.exists():
             os.replace(out_dir, old)
