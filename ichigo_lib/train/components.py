@@ -78,23 +78,30 @@ class SoundCompletionDataset(torch.utils.data.Dataset):
 
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
-        texts = load_dataset("json", data_files=data_files, split="train")[column]
-        self._tokens = [tokenizer.encode(t, add_bos=True, add_eos=True) for t in texts]
+        rows = load_dataset("json", data_files=data_files, split="train")
         limit = tokenizer.max_seq_len
-        for i, toks in enumerate(self._tokens):
+        # every row's ids in one int32 array (4 bytes a token, not a Python int object each)
+        pieces, lengths = [], np.zeros(len(rows), dtype=np.int64)
+        for i, text in enumerate(rows[column]):
+            toks = tokenizer.encode(text, add_bos=True, add_eos=True)
             if limit is not None and len(toks) > limit:
                 raise ValueError(f"{data_files}: row {i} has {len(toks)} tokens > {limit}")
+            pieces.append(np.asarray(toks, dtype=np.int32))
+            lengths[i] = len(toks)
+        self._ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+        self._starts = np.concatenate([[0], np.cumsum(lengths)])
         self._repeat = repeat
-        self._order = _PassOrder([len(t) for t in self._tokens], limit if bin_pack else None)
+        self._order = _PassOrder(lengths.tolist(), limit if bin_pack else None)
 
     def __len__(self) -> int:
-        return len(self._tokens) * self._repeat
+        return (len(self._starts) - 1) * self._repeat
 
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        toks = self._tokens[self._order.row(index)]
-        return {"tokens": list(toks), "labels": list(toks)}
+        row = self._order.row(index)
+        toks = self._ids[self._starts[row] : self._starts[row + 1]].tolist()
+        return {"tokens": toks, "labels": list(toks)}
 
 
 def sound_completion_dataset(
@@ -155,14 +162,17 @@ class ChatDataset(SFTDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return {k: list(v) for k, v in self._sample(self._order.row(index)).items()}
+        return {k: v.tolist() for k, v in self._sample(self._order.row(index)).items()}
 
     def _sample(self, row: int) -> dict:
+        """A row's ``tokens`` and ``labels`` as int32 arrays, tokenized once and kept compact
+        (4 bytes a token instead of a Python int object each)."""
         if row not in self._cache:
             try:
-                self._cache[row] = super().__getitem__(row)
+                sample = super().__getitem__(row)
             except OverLongError as err:
                 raise ValueError(f"{self._data_files}: row {row}: {err}") from err
+            self._cache[row] = {k: np.asarray(sample[k], dtype=np.int32) for k in sample}
         return self._cache[row]
 
 
