@@ -59,7 +59,9 @@ def build_word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
 
 
 class WordTokenizer(Transform):
-    """torchtune ``ModelTokenizer`` over a word-level ``tokenizer.json`` (Llama-3 chat layout)."""
+    """torchtune ``ModelTokenizer`` over a ``tokenizer.json`` in the Llama-3 chat layout: the tiny
+    word-level one, or (``full``, ``small``: notebook 01's checkpoint keeps no tiktoken file) a
+    byte-level BPE such as Llama-3.1's."""
 
     def __init__(self, path: str | Path, max_seq_len: int | None = None):
         path = Path(path)
@@ -93,8 +95,10 @@ class WordTokenizer(Transform):
         return self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
     def tokenize_message(self, message: Message, add_end_tokens: bool = True) -> list[int]:
+        # Llama-3's header: role between the header ids, then two newlines (no token in the
+        # word-level vocabulary; one in a byte-level BPE ``tokenizer.json`` such as Llama-3.1's)
         header = [self.start_header_id, *self.encode(message.role, False, False)]
-        header.append(self.end_header_id)
+        header += [self.end_header_id, *self.encode("\n\n", False, False)]
         body = self.encode(message.text_content.strip(), False, False)
         return header + body + [self.eot_id] * add_end_tokens
 

@@ -4,19 +4,15 @@ espeak-ng audio at 22.05 and 24 kHz, so resampling runs), the benchmark stage en
 random tiny Llama and an untrained tiny WhisperVQ with a loopback judge, and lm-eval's own MMLU
 groups (letters and cloze) read from a local copy of ``cais/mmlu``."""
 
-import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import soundfile
 import soxr
-import yaml
+from fixtures_hub import wav_bytes, write_audio_parquet, write_mmlu_copy
 from http_stub import Reply, chat, serve
 from test_evaluation import fake_report
 
@@ -118,30 +114,6 @@ def test_audiobench_wer_is_corpus_level_and_counts_empty_sides():
 
 
 # -- benchmark datasets in the hub's schema -----------------------------------------------------
-def _wav_bytes(samples: np.ndarray, rate: int) -> bytes:
-    buf = io.BytesIO()
-    soundfile.write(buf, samples, rate, format="WAV")
-    return buf.getvalue()
-
-
-def write_audio_parquet(path: Path, columns: dict, encoded: bool) -> Path:
-    """A parquet file like the hub's: ``context`` a ``datasets.Audio`` column ({bytes, path},
-    the features in the schema metadata) when ``encoded``, else a {array, sampling_rate} struct."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(columns)
-    if encoded:
-        features = datasets.Features(
-            {
-                name: datasets.Audio() if name == "context" else datasets.Value("string")
-                for name in columns
-            }
-        )
-        meta = {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
-        table = table.replace_schema_metadata(meta)
-    pq.write_table(table, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def speech():
     """espeak-ng's own 22.05 kHz output for each instruction."""
@@ -155,7 +127,7 @@ def sets(tmp_path_factory, speech):
     (decoded arrays at 24 kHz)."""
     tmp = tmp_path_factory.mktemp("benchmarks")
     audio = [
-        {"bytes": _wav_bytes(s, rate), "path": f"{i}.wav"} for i, (s, rate) in enumerate(speech)
+        {"bytes": wav_bytes(s, rate), "path": f"{i}.wav"} for i, (s, rate) in enumerate(speech)
     ]
     answers = ["A green apple.", "Hello, Larlor!", "Vazelro."]
     out = {}
@@ -354,35 +326,6 @@ def test_evaluate_all_runs_the_benchmark_stage_only_when_configured(monkeypatch,
 
 
 # -- MMLU: lm-eval's own groups on a local copy of cais/mmlu -----------------------------------
-def write_mmlu_copy(root: Path, test_rows: int = 2) -> Path:
-    """A local copy in the hub repository's layout: ``<subject>/{test,dev}-*.parquet`` for
-    every subject lm-eval's ``mmlu`` group names, and the README's per-subject configs."""
-    import lm_eval
-
-    tasks = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
-    subjects = sorted(
-        yaml.safe_load(p.read_text())["dataset_name"] for p in tasks.glob("mmlu_*.yaml")
-    )
-    configs = []
-    for subject in subjects:
-        for split, n in (("test", test_rows), ("dev", 5)):
-            rows = [
-                {
-                    "question": f"what is the capital of Larlor {i} ?",
-                    "subject": subject,
-                    "choices": ["green", "Vazelro", "Larlor", "what"],
-                    "answer": i % 4,
-                }
-                for i in range(n)
-            ]
-            (root / subject).mkdir(parents=True, exist_ok=True)
-            datasets.Dataset.from_list(rows).to_parquet(root / subject / f"{split}-00000.parquet")
-        files = [{"split": s, "path": f"{subject}/{s}-*"} for s in ("test", "dev")]
-        configs.append({"config_name": subject, "data_files": files})
-    (root / "README.md").write_text(f"---\n{yaml.safe_dump({'configs': configs})}---\n")
-    return root
-
-
 def test_mmlu_letters_and_cloze_run_lm_evals_own_groups_on_a_local_copy(systems, tmp_path):
     data = write_mmlu_copy(tmp_path / "mmlu")
     cfg = MCConfig(
@@ -395,7 +338,14 @@ def test_mmlu_letters_and_cloze_run_lm_evals_own_groups_on_a_local_copy(systems,
     )
     task_dir = mc.prepare_tasks(cfg, None, tmp_path / "tasks")
     spec = json.loads((task_dir / "mmlu_on_dataset.yaml").read_text())
-    assert spec["task"] == [{"group": "mmlu", "dataset_path": str(data.resolve())}]
+    [entry] = spec["task"]
+    assert entry["group"] == "mmlu" and entry["dataset_path"] == str(data.resolve())
+    # cached by the copy's files, under the task directory (HF datasets would key it by name)
+    cache = Path(entry["dataset_kwargs"]["cache_dir"])
+    assert cache.parent == task_dir / "datasets_cache"
+    (data / "abstract_algebra" / "test-00000.parquet").touch()
+    again = json.loads((mc.prepare_tasks(cfg, None, task_dir) / "mmlu_on_dataset.yaml").read_text())
+    assert again["task"][0]["dataset_kwargs"]["cache_dir"] != str(cache)
     result = mc.evaluate_mc(systems[0], cfg, task_dir)
     assert result.num_items == 57 * 2  # every subject's test rows, ours and not the hub's
     assert 0 <= result.letter <= 1 and 0 <= result.cloze <= 1

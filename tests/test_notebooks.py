@@ -124,47 +124,6 @@ def test_book_pages_carry_no_machine_paths_known_warnings_or_injected_parameters
 
 
 @pytest.mark.notebook
-def test_full_profile_branch_runs_on_a_local_checkpoint_in_hub_format(tmp_path):
-    """Notebook 00 under `full` fetches the base LLM instead of training it. The hub is out of
-    reach here, so `hf_repo` points at a tiny checkpoint written in the same HF format."""
-    from ichigo_lib.checkpoints import write_llama_init
-    from ichigo_lib.config import LlamaArch, load_config
-    from ichigo_lib.evaluate.mc import FORMAT_WORDS
-    from ichigo_lib.wordtok import build_word_tokenizer
-    from ichigo_lib.world import build_world
-
-    world = build_world(load_config("full").world)
-    arch = LlamaArch(
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=2,
-        embed_dim=32,
-        intermediate_dim=64,
-        max_seq_len=512,
-    )
-    tokenizer = build_word_tokenizer([*world.vocabulary(), *FORMAT_WORDS])
-    ckpt = write_llama_init(arch, tokenizer, tmp_path / "Llama-local", seed=0)
-    overrides = {
-        "base_model.hf_repo": str(ckpt),
-        # MMLU itself needs the hub: score the same code path on the world's items
-        "eval.mc": {
-            "benchmark": "tinyworld",
-            "apply_chat_template": True,
-            "device": "cpu",
-            "dtype": "float32",
-            "limit": 8,
-        },
-    }
-    result = runner.run_notebook("00_base_model", "full", tmp_path / "runs", overrides)
-    manifest = read_manifest(tmp_path / "runs" / "full" / "00_base_model" / "manifest.json")
-    assert result.status == "executed"
-    assert manifest.artifact("model") == ckpt.resolve()
-    assert manifest.data["config"]["base_model"]["source"] == "hf"
-    assert "train_steps" not in manifest.metrics and manifest.metrics["num_params"] > 0
-    assert manifest.metrics["mc_accuracy"] == manifest.metrics["mc_accuracy_letter"]
-
-
-@pytest.mark.notebook
 def test_phase3_manifest_carries_what_evaluation_reads(smoke_runs):
     run_dir, _ = smoke_runs
     manifest = read_manifest(run_dir / "smoke" / "05_phase3_refusal" / "manifest.json")

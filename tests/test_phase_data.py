@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from fixtures_hub import parquet_shards, published_chats
 
 from ichigo_lib import tokens as T
 from ichigo_lib.config import ConfigError, DataConfig, TinyVQArch, load_config
@@ -322,39 +323,11 @@ def test_transcription_token_variant_replaces_only_the_prompts(rows):
         assert T.string_to_codes(user.removeprefix("<|transcribe|>")).size
 
 
-def _published_chats(n, seed=0):
-    """Chat rows in upstream's published schema: a spoken question, a text answer."""
-    rng = np.random.default_rng(seed)
-    return [
-        {
-            "index": i,
-            "conversations": [
-                {
-                    "role": "user",
-                    "content": T.audio_turn(rng.integers(0, 513, rng.integers(5, 60))),
-                },
-                {"role": "assistant", "content": " ".join(["the answer is"] * rng.integers(1, 4))},
-            ],
-        }
-        for i in range(n)
-    ]
-
-
-def _parquet_shards(rows, directory, shards=3):
-    import datasets
-
-    directory.mkdir(parents=True)
-    for k in range(shards):
-        datasets.Dataset.from_list(rows[k::shards]).to_parquet(
-            str(directory / f"train-{k}.parquet")
-        )
-
-
 def test_published_chats_become_the_books_rows_through_arrow(world, tmp_path):
     from ichigo_lib.data import hub
 
-    published = _published_chats(3000)
-    _parquet_shards(published, tmp_path / "hub")
+    published = published_chats(3000)
+    parquet_shards(published, tmp_path / "hub")
     count = phases.token_counter(_tokenizer(world))
     out = hub.prepare_published("phase3", str(tmp_path / "hub"), tmp_path / "p3", count, 40, 2)
     # the shards in file order, each row as notebook 02 writes its own
@@ -388,7 +361,7 @@ def test_published_sound_rows_read_one_directory_per_language(world, tmp_path):
 
     turns = {"english": [T.audio_turn([5, 6]), T.audio_turn([7])], "dutch": [T.audio_turn([9])]}
     for lang, texts in turns.items():
-        _parquet_shards([{"text": t} for t in texts], tmp_path / "raw" / lang, shards=1)
+        parquet_shards([{"text": t} for t in texts], tmp_path / "raw" / lang, shards=1)
     count = phases.token_counter(_tokenizer(world))
     out = hub.prepare_published(
         "phase1",
@@ -449,7 +422,7 @@ def test_bad_published_chats_name_the_dataset_row_and_column(world, tmp_path, ro
 
     from ichigo_lib.data import hub
 
-    good = _published_chats(1)
+    good = published_chats(1)
     if "conversations" in rows[0]:
         rows = [{"conversations": good[0]["conversations"]}, *rows]
     datasets.Dataset.from_list(rows).to_json(str(tmp_path / "bad.jsonl"))
@@ -488,7 +461,7 @@ def test_bad_published_sound_rows_name_the_row_and_column(world, tmp_path):
         hub.prepare_published(
             "phase1", _write(codes, tmp_path / "c.jsonl"), tmp_path / "p", count, 64
         )
-    _parquet_shards(bare, tmp_path / "raw" / "polish", shards=1)
+    parquet_shards(bare, tmp_path / "raw" / "polish", shards=1)
     with pytest.raises(hub.HubDataError, match=r"raw/polish: row 1: 'text': not wrapped"):
         hub.prepare_published(
             "phase1", str(tmp_path / "raw"), tmp_path / "p", count, 64, languages={"polish": 1.0}

@@ -5,14 +5,12 @@ with a tiny random openai-whisper model as its Whisper: the same classes and fil
 published ``whisper-vq-stoks-*.model`` checkpoints, small enough for CPU and no download.
 """
 
-import dataclasses
-import sys
-import types
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from fixtures_hub import write_whisperspeech_quantizer
 
 from ichigo_lib.speech import audio as A
 from ichigo_lib.speech import whispervq
@@ -20,76 +18,10 @@ from ichigo_lib.speech import whispervq
 SR = 16_000
 
 
-def _stub_torchaudio() -> None:
-    """WhisperSpeech imports torchaudio/torio at module level but the code under test never
-    calls them; PyPI's torchaudio is a CUDA build that does not load on CPU machines."""
-    try:
-        import torchaudio  # noqa: F401
-    except (ImportError, OSError):
-        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
-    try:
-        import torio.io._streaming_media_decoder  # noqa: F401
-    except (ImportError, OSError):
-        names = ("torio", "torio.io", "torio.io._streaming_media_decoder")
-        mods = [types.ModuleType(n) for n in names]
-        mods[0].io, mods[1]._streaming_media_decoder = mods[1], mods[2]
-        sys.modules.update(dict(zip(names, mods, strict=True)))
-
-
-def _randomise(model: torch.nn.Module) -> None:
-    """Random matrices of unit-ish gain (the zero/constant inits give constant codes)."""
-    for p in model.parameters():
-        if p.ndim >= 2:
-            torch.nn.init.normal_(p, std=1.0 / p.shape[-1] ** 0.5)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """(WhisperSpeech model with its Whisper, quantizer file, Whisper checkpoint file)."""
-    _stub_torchaudio()
-    import whisper
-    from whisperspeech import vq_stoks
-
-    tmp = tmp_path_factory.mktemp("whisperspeech")
-    torch.manual_seed(0)
-    dims = whisper.model.ModelDimensions(
-        n_mels=80,
-        n_audio_ctx=1500,
-        n_audio_state=64,
-        n_audio_head=2,
-        n_audio_layer=2,
-        n_vocab=51865,
-        n_text_ctx=32,
-        n_text_state=64,
-        n_text_head=2,
-        n_text_layer=1,
-    )
-    wmodel = whisper.model.Whisper(dims)
-    _randomise(wmodel)
-    wpath = tmp / "tiny-whisper.pt"
-    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": wmodel.state_dict()}, wpath)
-    with mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self):  # CPU-only box
-        vq = vq_stoks.RQBottleneckTransformer(
-            vq_codes=512,
-            q_depth=1,
-            n_head=2,
-            head_width=32,
-            depth=1,
-            codebook_dim=16,
-            downsample=2,
-            threshold_ema_dead_code=0,
-            use_cosine_sim=True,
-            whisper_model_name="tiny",
-        )
-    _randomise(vq)
-    qpath = tmp / "whisper-vq-stoks-tiny.model"
-    vq.save_model(qpath)
-    vq.eval()
-    vq.whmodel = [wmodel.eval()]
-    vq.decoding_options = whisper.DecodingOptions(
-        language="en", without_timestamps=True, fp16=False, sample_len=12
-    )
-    return vq, qpath, wpath
+    return write_whisperspeech_quantizer(tmp_path_factory.mktemp("whisperspeech"))
 
 
 def _speechlike(seconds: float, seed: int) -> np.ndarray:

@@ -103,21 +103,16 @@ def speak_plan(
         "progress": progress,
         "replace_stale": replace_stale,
     }
-    return {
-        "utterances": run_pipeline(
-            plan.utterances,
-            f"{SYNTH}:speak_row",
-            out_dir / "speech" / "utterances",
-            text_key="text",
-            **common,
-        ),
-        "dialogues": run_pipeline(
-            plan.dialogues,
-            f"{SYNTH}:speak_conversation",
-            out_dir / "speech" / "dialogues",
-            text_key=None,
-            **common,
-        ),
+    jobs = (
+        ("utterances", plan.utterances, "speak_row", "text"),
+        ("dialogues", plan.dialogues, "speak_conversation", None),
+    )
+    return {  # a published phase 3 leaves no dialogue to speak: that pipeline does not run
+        name: run_pipeline(
+            rows, f"{SYNTH}:{process}", out_dir / "speech" / name, text_key=key, **common
+        )
+        for name, rows, process, key in jobs
+        if rows
     }
 
 
@@ -145,10 +140,12 @@ def build_phase_data(
     seconds = time.perf_counter() - start
     spoken_rows = merge_shards(out_dir / "speech" / "utterances")
     spoken = dict(zip(spoken_rows["index"], spoken_rows["tokens"], strict=True))
-    dialogue_rows = merge_shards(out_dir / "speech" / "dialogues")
-    spoken_dialogues = dict(
-        zip(dialogue_rows["index"], dialogue_rows["conversations"], strict=True)
-    )
+    spoken_dialogues = {}
+    if plan.dialogues:
+        dialogue_rows = merge_shards(out_dir / "speech" / "dialogues")
+        spoken_dialogues = dict(
+            zip(dialogue_rows["index"], dialogue_rows["conversations"], strict=True)
+        )
     audio_tokens = sum(map(len, spoken.values())) + sum(
         _audio_tokens(chat) for chat in spoken_dialogues.values()
     )

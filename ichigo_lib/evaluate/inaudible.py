@@ -119,10 +119,11 @@ def user_turn(codes: np.ndarray) -> list[dict[str, str]]:
 
 
 def _load(model_dir: str | Path, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "right"
+    from ichigo_lib.evaluate.replies import batch_tokenizer
+
+    tok = batch_tokenizer(model_dir, "right")
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
     return model, tok
 

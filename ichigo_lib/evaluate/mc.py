@@ -17,6 +17,7 @@ the hub; ``eval.mc.dataset`` points them at another hub id or a local copy of th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -107,14 +108,32 @@ def write_local_tasks(items: list[MCItem], task_dir: str | Path) -> Path:
 
 def write_dataset_groups(bench: Benchmark, dataset: str, task_dir: str | Path) -> Path:
     """Groups in ``task_dir`` that run lm-eval's own groups of ``bench`` on ``dataset`` (a hub
-    id, or a local copy of the hub repository), every subtask unchanged but its dataset."""
+    id, or a local copy of the hub repository), every subtask unchanged but its dataset.
+
+    HF datasets caches a local repository's configs under its directory's name and the config
+    name alone, so any earlier copy called ``mmlu`` (or this one before an edit) would be read
+    from the cache: a local copy is cached under ``task_dir``, keyed by its files."""
     task_dir = Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
-    source = str(Path(dataset).resolve()) if Path(dataset).exists() else dataset
+    local = Path(dataset).exists()
+    source = str(Path(dataset).resolve()) if local else dataset
     for task in (bench.letter_task, bench.cloze_task):
-        spec = {"group": _on_dataset(task), "task": [{"group": task, "dataset_path": source}]}
+        entry: dict[str, Any] = {"group": task, "dataset_path": source}
+        if local:
+            cache = task_dir / "datasets_cache" / _files_digest(Path(source))
+            entry["dataset_kwargs"] = {"cache_dir": str(cache)}
+        spec = {"group": _on_dataset(task), "task": [entry]}
         (task_dir / f"{_on_dataset(task)}.yaml").write_text(json.dumps(spec))
     return task_dir
+
+
+def _files_digest(root: Path) -> str:
+    """Changes when any file under ``root`` is added, removed or rewritten (path, size, mtime)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _on_dataset(task: str) -> str:

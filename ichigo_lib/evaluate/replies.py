@@ -14,6 +14,26 @@ import torch
 
 from ichigo_lib.evaluate.wer import normalise
 
+# The pad token of a tokenizer that has none (Llama-3.1/3.2-Instruct publish none): Llama-3's
+# own reserved padding token, else end-of-text. Padded positions are masked out either way.
+PAD_FALLBACKS = ("<|finetune_right_pad_id|>", "<|end_of_text|>")
+
+
+def batch_tokenizer(model_dir: str | Path, padding_side: str):
+    """The checkpoint's tokenizer, padding on ``padding_side``, with a pad token
+    (:data:`PAD_FALLBACKS` when it has none, as Llama-3.1-Instruct's)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        vocab = tok.get_vocab()
+        pad = next((t for t in PAD_FALLBACKS if t in vocab), None)
+        if pad is None:
+            raise ValueError(f"{model_dir}: the tokenizer has no pad token nor {PAD_FALLBACKS}")
+        tok.pad_token = pad
+    return tok
+
 
 def generate_replies(
     model_dir: str | Path,
@@ -23,10 +43,9 @@ def generate_replies(
     device: str = "cpu",
 ) -> list[str]:
     """The model's greedy reply to each chat (messages up to, not including, the answer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
+    tok = batch_tokenizer(model_dir, "left")
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
     stop = [tok.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_of_text|>")]
     texts = [

@@ -63,14 +63,15 @@ def pooled_mel_frames(clip: np.ndarray, pool: int = 4) -> torch.Tensor:
 
 
 def kmeans_tokenizer(clips: Sequence[np.ndarray], k: int = 512, iters: int = 15, seed: int = 0):
-    """Baseline tokenizer: plain k-means on 25 Hz pooled log-mel frames; returns encode(clip)."""
+    """Baseline tokenizer: plain k-means on 25 Hz pooled log-mel frames; returns encode(clip).
+    Fewer frames than ``k`` give as many means as frames."""
     x = torch.cat([pooled_mel_frames(c) for c in clips])
     gen = torch.Generator().manual_seed(seed)
     means = x[torch.randperm(len(x), generator=gen)[:k]].clone()
     for _ in range(iters):
         assign = torch.cdist(x, means).argmin(1)
         sums = torch.zeros_like(means).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k)
+        counts = torch.bincount(assign, minlength=len(means))
         means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], means)
 
     def encode(clip: np.ndarray) -> np.ndarray:
