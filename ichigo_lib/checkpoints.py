@@ -184,14 +184,19 @@ def write_sound_init(base_dir: str | Path, out_dir: str | Path) -> dict:
     The analogue of upstream's ``llama3.1-s-whispervq-init``: tokenizer extended with
     ``<|sound_start|>``, ``<|sound_end|>`` and ``<|sound_0000|>``..``<|sound_0512|>``; input
     embeddings and (untied) output head grown with mean-initialised rows, so every old token's
-    logits are unchanged. Returns the layout and sizes.
+    logits are unchanged. The chat template becomes Llama-3's layout without a default system
+    turn, what the phases train on (torchtune's Llama-3 format, upstream's token stream):
+    Llama-3.1-Instruct's own template would add a dated system turn at inference only.
+    Returns the layout and sizes.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ichigo_lib.tokens import extend_hf_tokenizer, resize_token_embeddings
+    from ichigo_lib.wordtok import CHAT_TEMPLATE
 
     validate_hf_checkpoint(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     old_vocab = model.get_input_embeddings().weight.shape[0]
     layout = extend_hf_tokenizer(tokenizer)

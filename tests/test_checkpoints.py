@@ -146,6 +146,23 @@ def test_sound_init_adds_515_tokens_and_keeps_old_logits(tiny_ckpt, tmp_path):
     assert _same_logits(tmp_path / "init", torch.tensor([[1, info["first_sound_id"] + 7]]))
 
 
+def test_sound_init_chat_template_adds_no_system_turn(tiny_ckpt, tmp_path):
+    """Training rows carry no system turn, so inference must not add Llama-3.1's dated one."""
+    base = AutoTokenizer.from_pretrained(tiny_ckpt)
+    base.chat_template = (
+        "{{ bos_token }}<|start_header_id|>system<|end_header_id|>\n\nToday Date: 26 Jul 2024"
+        "<|eot_id|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+        "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+    )
+    base.save_pretrained(tiny_ckpt)
+    write_sound_init(tiny_ckpt, tmp_path / "init")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "init")
+    chat = [{"role": "user", "content": "Zorvia?"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert "system" not in text and "Today Date" not in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
 def test_sound_init_tokenizers_encode_an_audio_turn_as_one_id_per_code(tiny_ckpt, tmp_path):
     info = write_sound_init(tiny_ckpt, tmp_path / "init")
     codes = [0, 511, 512, 3]
