@@ -102,6 +102,11 @@ REFUSALS = (
 HERMES = ["Name a green fruit.", "Describe the capital of Larlor.", "Say hello to Vazelro."]
 ALPACA = ["Give me one colour.", "What is the capital of Vazelro?", "Count to three."]
 UNRATED = "Describe the capital of Larlor."  # the judge's reply to this one has no rating
+PHASE_NOTEBOOKS = [
+    ("03_phase1_pretrain", "phase1"),
+    ("04_phase2_instruct", "phase2"),
+    ("05_phase3_refusal", "phase3"),
+]
 MMLU_ROWS = 1  # per subject: 57 items, both formulations
 MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about"
 
@@ -369,14 +374,7 @@ def test_full_reads_every_published_phase_whole(hub, full_run):
 
 
 @dry_run
-@pytest.mark.parametrize(
-    "notebook, phase",
-    [
-        ("03_phase1_pretrain", "phase1"),
-        ("04_phase2_instruct", "phase2"),
-        ("05_phase3_refusal", "phase3"),
-    ],
-)
+@pytest.mark.parametrize("notebook, phase", PHASE_NOTEBOOKS)
 def test_full_trains_each_phase_one_epoch_with_fsdp_on_two_processes(full_run, notebook, phase):
     run = _manifest(full_run, notebook)
     m, cfg = run.metrics, run.data["config"][phase]
@@ -455,14 +453,7 @@ def test_small_samples_the_published_rows_it_asks_for(hub, small_run):
 
 
 @dry_run
-@pytest.mark.parametrize(
-    "notebook, phase",
-    [
-        ("03_phase1_pretrain", "phase1"),
-        ("04_phase2_instruct", "phase2"),
-        ("05_phase3_refusal", "phase3"),
-    ],
-)
+@pytest.mark.parametrize("notebook, phase", PHASE_NOTEBOOKS)
 def test_small_trains_on_one_device_with_gradient_accumulation(small_run, notebook, phase):
     run = _manifest(small_run, notebook)
     m, cfg = run.metrics, run.data["config"][phase]

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from fixtures_hub import llama31_special_tokens
 
 from ichigo_lib import tokens as T
 
@@ -218,28 +219,6 @@ def test_llama3_s_tokenizer_pickles(tt_tokenizer):
 
 
 # --------------------------------------------------------------------------- HF tokenizers
-
-
-def llama31_special_tokens() -> list[str]:
-    """Llama-3.1's 256 special tokens in id order (128000..128255)."""
-    named = {
-        0: "<|begin_of_text|>",
-        1: "<|end_of_text|>",
-        4: "<|finetune_right_pad_id|>",
-        6: "<|start_header_id|>",
-        7: "<|end_header_id|>",
-        8: "<|eom_id|>",
-        9: "<|eot_id|>",
-        10: "<|python_tag|>",
-    }
-    out, reserved = [], 0
-    for i in range(256):
-        if i in named:
-            out.append(named[i])
-        else:
-            out.append(f"<|reserved_special_token_{reserved}|>")
-            reserved += 1
-    return out
 
 
 def word_level_tokenizer(words: list[str], specials: list[str], byte_level: bool = False):

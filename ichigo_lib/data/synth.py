@@ -35,6 +35,14 @@ BACKENDS = ("espeak", "whisperspeech")
 PATHS = ("audio", "t2s")
 
 
+def check_path(path: str, backend: str) -> None:
+    """Refuse an unknown path, or T2S on a backend without a T2S model."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "t2s" and backend != "whisperspeech":
+        raise ValueError("the t2s path needs backend 'whisperspeech' (espeak has no T2S model)")
+
+
 @dataclass(frozen=True)
 class SynthSpec:
     """What a worker needs to turn text into tokens (picklable: it travels to each worker)."""
@@ -52,10 +60,7 @@ class SynthSpec:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
-        if self.path == "t2s" and self.backend != "whisperspeech":
-            raise ValueError("the t2s path needs backend 'whisperspeech' (espeak has no T2S model)")
+        check_path(self.path, self.backend)
 
 
 def voice_dict(voice: tts.Voice) -> dict[str, Any]:
@@ -141,10 +146,7 @@ class SpeechTokenizer:
         """WhisperVQ codes (int64) of ``text`` spoken in ``lang``, through ``path`` (default: the
         spec's)."""
         path = path or self.spec.path
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        if path == "t2s" and self.spec.backend != "whisperspeech":
-            raise ValueError("the t2s path needs backend 'whisperspeech' (espeak has no T2S model)")
+        check_path(path, self.spec.backend)
         if path == "t2s":
             start = time.perf_counter()
             toks = self._whisperspeech().t2s.generate(
