@@ -80,15 +80,20 @@ def kmeans_tokenizer(clips: Sequence[np.ndarray], k: int = 512, iters: int = 15,
     return encode
 
 
-def timed_encode(model, clips: Sequence[np.ndarray], batch_size: int) -> tuple[list, float]:
-    """(codes, audio seconds encoded per wall second), log-mel included, after one warm-up."""
+def timed_encode(
+    model, clips: Sequence[np.ndarray], batch_size: int, repeats: int = 3
+) -> tuple[list, float]:
+    """(codes, audio seconds encoded per wall second), log-mel included, after one warm-up;
+    the fastest of ``repeats`` passes (as ``timeit``: slower passes measure other load)."""
     import time
 
     model.encode(clips[:2], batch_size=batch_size)
-    start = time.perf_counter()
-    codes = model.encode(clips, batch_size=batch_size)
-    wall = time.perf_counter() - start
-    return codes, sum(len(c) for c in clips) / A.SAMPLE_RATE / wall
+    walls = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        codes = model.encode(clips, batch_size=batch_size)
+        walls.append(time.perf_counter() - start)
+    return codes, sum(len(c) for c in clips) / A.SAMPLE_RATE / min(walls)
 
 
 def evaluate_quantizer(model, first, second, baseline_clips, batch_size: int = 16) -> dict:
