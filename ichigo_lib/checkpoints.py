@@ -178,16 +178,20 @@ def torchtune_llama_from_hf(ckpt_dir: str | Path) -> torch.nn.Module:
     return model
 
 
-def write_sound_init(base_dir: str | Path, out_dir: str | Path) -> dict:
+def write_sound_init(
+    base_dir: str | Path, out_dir: str | Path, codebook: torch.Tensor | None = None, seed: int = 0
+) -> dict:
     """The checkpoint phase 1 starts from: ``base_dir`` plus the 515 sound tokens.
 
     The analogue of upstream's ``llama3.1-s-whispervq-init``: tokenizer extended with
     ``<|sound_start|>``, ``<|sound_end|>`` and ``<|sound_0000|>``..``<|sound_0512|>``; input
     embeddings and (untied) output head grown with mean-initialised rows, so every old token's
-    logits are unchanged. The chat template becomes Llama-3's layout without a default system
-    turn, what the phases train on (torchtune's Llama-3 format, upstream's token stream):
-    Llama-3.1-Instruct's own template would add a dated system turn at inference only.
-    Returns the layout and sizes.
+    logits are unchanged. With ``codebook`` (the quantizer's code vectors, one row per code,
+    see :func:`codebook_embeddings`) the sound tokens' *input* rows mirror the codebook's
+    geometry instead, so codes the quantizer finds alike start alike in the LLM. The chat
+    template becomes Llama-3's layout without a default system turn, what the phases train on
+    (torchtune's Llama-3 format, upstream's token stream): Llama-3.1-Instruct's own template
+    would add a dated system turn at inference only. Returns the layout and sizes.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -202,6 +206,11 @@ def write_sound_init(base_dir: str | Path, out_dir: str | Path) -> dict:
     layout = extend_hf_tokenizer(tokenizer)
     new_vocab = max(len(tokenizer), old_vocab, layout.vocab_size_min)
     resize_token_embeddings(model, new_vocab)
+    if codebook is not None:
+        emb = model.get_input_embeddings().weight
+        rows = codebook_embeddings(emb[:old_vocab], codebook, seed)
+        with torch.no_grad():
+            emb[layout.first_sound_id : layout.first_sound_id + len(rows)] = rows.to(emb.dtype)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -211,7 +220,31 @@ def write_sound_init(base_dir: str | Path, out_dir: str | Path) -> dict:
         "sound_start_id": layout.start_id,
         "sound_end_id": layout.end_id,
         "first_sound_id": layout.first_sound_id,
+        "sound_embeddings": "mean" if codebook is None else "codebook",
     }
+
+
+def codebook_embeddings(text: torch.Tensor, codebook: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Input embeddings for the sound tokens from the quantizer's ``codebook`` (codes x dim).
+
+    Each code's unit vector is carried into the LLM's space by a seeded random orthonormal map
+    and scaled to the text embeddings' mean distance from their centroid, around that centroid:
+    cosine-near codes (the same sound in two voices, often) get near embeddings, at the scale of
+    a word's. The mean initialisation gives every code the same row; the LLM then has to learn
+    from a few spoken questions which of 512 codes sound alike.
+    """
+    text = text.detach().float()
+    if codebook.dim() != 2 or codebook.shape[1] > text.shape[1]:
+        raise ValueError(
+            f"codebook must be (codes, dim) with dim <= the LLM's {text.shape[1]}, "
+            f"got {tuple(codebook.shape)}"
+        )
+    centre = text.mean(0)
+    scale = (text - centre).norm(dim=-1).mean()
+    gen = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(text.shape[1], codebook.shape[1], generator=gen))
+    units = torch.nn.functional.normalize(codebook.detach().float(), dim=-1)
+    return centre + scale * units @ basis.T
 
 
 def add_special_token(ckpt_dir: str | Path, token: str, out_dir: str | Path) -> int:

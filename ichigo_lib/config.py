@@ -283,6 +283,9 @@ class SpeechConfig:
     train: VQTrainConfig | None = None
     encode_batch_size: int = 16
     device: str = "cpu"
+    # the LLM's sound-token input embeddings: "mean" of the old rows (upstream) or "codebook",
+    # the quantizer's code vectors projected into the LLM (checkpoints.codebook_embeddings)
+    sound_init: Literal["mean", "codebook"] = "mean"
 
     def __post_init__(self):
         if self.source == "train" and (self.arch is None or self.train is None):

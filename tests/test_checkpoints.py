@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from ichigo_lib.checkpoints import (
     CheckpointError,
+    codebook_embeddings,
     fetch_hf_checkpoint,
     torchtune_llama_from_hf,
     validate_hf_checkpoint,
@@ -144,6 +145,34 @@ def test_sound_init_adds_515_tokens_and_keeps_old_logits(tiny_ckpt, tmp_path):
     emb = new.get_input_embeddings().weight
     torch.testing.assert_close(emb[info["sound_start_id"]], emb[: info["old_vocab_size"]].mean(0))
     assert _same_logits(tmp_path / "init", torch.tensor([[1, info["first_sound_id"] + 7]]))
+
+
+def test_codebook_sound_init_mirrors_the_codebook_and_keeps_old_logits(tiny_ckpt, tmp_path):
+    """Cosine-near codes get near input rows, at a word's scale; output rows stay the mean."""
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.randn(NUM_CODES - 1, 8, generator=gen)
+    codebook[1] = codebook[0] * 3 + 0.01 * torch.randn(8, generator=gen)  # code 1 ~ code 0
+    info = write_sound_init(tiny_ckpt, tmp_path / "init", codebook)
+    assert info["sound_embeddings"] == "codebook"
+    new = AutoModelForCausalLM.from_pretrained(tmp_path / "init", dtype=torch.float32).eval()
+    emb = new.get_input_embeddings().weight.detach()
+    first, old = info["first_sound_id"], info["old_vocab_size"]
+    sound = emb[first : first + len(codebook)]
+    centre = emb[:old].mean(0)
+    near = (sound[0] - sound[1]).norm()
+    apart = (sound[0] - sound[2:]).norm(dim=-1)
+    assert near < 0.05 * apart.min()
+    scale = (emb[:old] - centre).norm(dim=-1).mean()
+    torch.testing.assert_close((sound - centre).norm(dim=-1), scale.expand(len(sound)))
+    torch.testing.assert_close(emb[first + NUM_CODES - 1], centre)  # the mask code: the mean
+    out = new.get_output_embeddings().weight.detach()
+    torch.testing.assert_close(out[first], out[:old].mean(0))
+    ids = torch.tensor([[1, 5, 6, 7]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_ckpt, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(new(ids).logits[..., :old], base(ids).logits)
+    with pytest.raises(ValueError, match="codebook must be"):
+        codebook_embeddings(emb[:old], torch.randn(4, 64))
 
 
 def test_sound_init_chat_template_adds_no_system_turn(tiny_ckpt, tmp_path):

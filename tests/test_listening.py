@@ -137,8 +137,40 @@ def test_llm_listening_on_a_real_tiny_checkpoint(tmp_path):
     assert out["speech_qa_accuracy_phrasing"] == out["speech_qa_accuracy_seen"]  # same rows
     assert 0.0 <= out["speech_qa_accuracy_voice"] <= 1.0
     assert 0.0 <= out["llm_entity_recall"] <= 1.0 and len(out["_transcripts"]) == 3
+    assert 0.0 <= out["text_qa_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="need seen and held-out rows"):
         L.llm_listening(model, heldout, [], ["Larlor"])
     bad = {"conversations": [{"role": "user", "content": "no audio"}], "question": "?", "source": 9}
     with pytest.raises(ValueError, match="row 9: no"):
         L.llm_listening(model, [bad], seen, ["Larlor", "Keta"])
+
+
+def test_llm_listening_asks_the_heldout_questions_in_text_too(monkeypatch):
+    """``text_qa_accuracy``: the held-out questions as text, scored apart from every spoken
+    rung (a model that knows the answer in text but not from speech scores 1 and 0)."""
+    from ichigo_lib import tokens as T
+    from ichigo_lib.evaluate import replies
+
+    def fake(model_dir, prompts, max_new_tokens=24, **_):
+        said = []
+        for p in prompts:
+            text = p[0]["content"]
+            said.append("Keta" if T.SOUND_START in text else "red")
+        return said
+
+    monkeypatch.setattr(replies, "generate_replies", fake)
+    turn = T.audio_turn(np.array([1, 2]))
+    heldout = [
+        {
+            "conversations": [
+                {"role": "user", "content": turn},
+                {"role": "assistant", "content": "red"},
+            ],
+            "question": "What colour is the flag of Keta?",
+            "source": i,
+        }
+        for i in range(4)
+    ]
+    out = L.llm_listening("unused", heldout, heldout[:2], ["Keta"])
+    assert out["text_qa_accuracy"] == 1.0
+    assert out["speech_qa_accuracy_seen"] == 0.0 and out["llm_entity_recall"] == 1.0

@@ -124,3 +124,6 @@ def test_the_tiny_quantizer_file_loads_in_whisperspeech(reference, tmp_path):
     ours = whispervq.load_whispervq(path)
     for key, value in ours.bottleneck.state_dict().items():
         torch.testing.assert_close(theirs.state_dict()[key], value)
+    assert ours.codebook.shape == (ours.vq_codes, arch.codebook_dim)
+    embed = next(v for k, v in theirs.state_dict().items() if k.endswith("_codebook.embed"))
+    torch.testing.assert_close(ours.codebook, embed[0, : ours.vq_codes])

@@ -145,7 +145,9 @@ def llm_listening(
     (``conversations``, ``split``) give ``speech_qa_accuracy_<split>`` (:func:`split_accuracy`).
     ``heldout`` rows (``conversations``, ``question``) are asked for a transcript with the first
     transcription prompt: ``llm_entity_recall`` is the fraction whose transcript names the
-    question's country. Returns those metrics and the transcripts under ``"_transcripts"``.
+    question's country; and asked as text: ``text_qa_accuracy``, what the model knows, the
+    ceiling of every spoken rung. Returns those metrics and the transcripts under
+    ``"_transcripts"``.
     """
     from ichigo_lib.data.prompts import TRANSCRIPTION_PROMPTS
     from ichigo_lib.evaluate import replies
@@ -164,10 +166,14 @@ def llm_listening(
         turn = with_prompt(content, TRANSCRIPTION_PROMPTS[0], r.get("source", i))
         asks.append([{"role": "user", "content": turn}])
     transcripts = replies.generate_replies(model_dir, asks, max_new_tokens=max_new_tokens)
+    texts = [[{"role": "user", "content": r["question"]}] for r in heldout]
+    text_said = replies.generate_replies(model_dir, texts)
+    text_qa = replies.matches([r["conversations"][1]["content"] for r in heldout], text_said)
     questions = [r["question"] for r in heldout]
     return {
         **{f"speech_qa_accuracy_{split}": value for split, value in by_split.items()},
         "speech_qa_seen_items": len(seen),
+        "text_qa_accuracy": float(np.mean(text_qa)),
         "llm_entity_recall": entity_recall(questions, transcripts, countries),
         "_transcripts": transcripts,
     }

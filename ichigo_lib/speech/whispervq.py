@@ -220,6 +220,11 @@ class WhisperVQ(nn.Module):
         return self.bottleneck.vq_codes
 
     @property
+    def codebook(self) -> Tensor:
+        """The code vectors, one row per code (the mask code excluded)."""
+        return self.bottleneck.code_vectors(torch.arange(self.vq_codes)).detach().clone()
+
+    @property
     def samples_per_token(self) -> int:
         return A.HOP_LENGTH * 2 * self.bottleneck.downsample
 
