@@ -156,24 +156,26 @@ def llm_listening(
 
     if not seen or not heldout:
         raise ValueError(f"need seen and held-out rows, got {len(seen)} and {len(heldout)}")
-    asked = [*seen, *causes]
-    said = replies.generate_replies(model_dir, [r["conversations"][:1] for r in asked])
-    correct = replies.matches([r["conversations"][1]["content"] for r in asked], said)
-    by_split = split_accuracy(correct, ["seen"] * len(seen) + [r["split"] for r in causes])
     asks = []
     for i, r in enumerate(heldout):
         content = r["conversations"][0]["content"]
         turn = with_prompt(content, TRANSCRIPTION_PROMPTS[0], r.get("source", i))
         asks.append([{"role": "user", "content": turn}])
-    transcripts = replies.generate_replies(model_dir, asks, max_new_tokens=max_new_tokens)
-    texts = [[{"role": "user", "content": r["question"]}] for r in heldout]
-    text_said = replies.generate_replies(model_dir, texts)
-    text_qa = replies.matches([r["conversations"][1]["content"] for r in heldout], text_said)
     questions = [r["question"] for r in heldout]
+    # one generation pass for every answer: the spoken rows, then the held-out questions as text
+    asked = [*seen, *causes, *heldout]
+    prompts = [r["conversations"][:1] for r in [*seen, *causes]]
+    prompts += [[{"role": "user", "content": q}] for q in questions]
+    said = replies.generate_replies(model_dir, prompts)
+    correct = replies.matches([r["conversations"][1]["content"] for r in asked], said)
+    splits = ["seen"] * len(seen) + [r["split"] for r in causes] + ["text"] * len(heldout)
+    by_split = split_accuracy(correct, splits)
+    text_qa = by_split.pop("text")
+    transcripts = replies.generate_replies(model_dir, asks, max_new_tokens=max_new_tokens)
     return {
         **{f"speech_qa_accuracy_{split}": value for split, value in by_split.items()},
         "speech_qa_seen_items": len(seen),
-        "text_qa_accuracy": float(np.mean(text_qa)),
+        "text_qa_accuracy": text_qa,
         "llm_entity_recall": entity_recall(questions, transcripts, countries),
         "_transcripts": transcripts,
     }
