@@ -73,6 +73,9 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     packed: bool = True
     train_on_input: bool = True
+    # how the loss weighs trained tokens: "token", torchtune's mean over tokens (a turn counts
+    # as its length); "turn", each trained turn equally (ichigo_lib.train.loss)
+    loss_weighting: Literal["token", "turn"] = "token"
     dtype: Literal["fp32", "bf16"] = "bf16"
     device: str = "cuda"
     fused_optimizer: bool = True

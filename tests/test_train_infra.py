@@ -24,7 +24,7 @@ from ichigo_lib.config import LlamaArch
 from ichigo_lib.tokens import SOUND_TOKENS, SoundTokenError, audio_turn
 from ichigo_lib.train.components import chat_dataset
 from ichigo_lib.train.export import export_hf
-from ichigo_lib.train.launch import compose_config, read_metric_log, tune_command, tune_run
+from ichigo_lib.train.launch import LOSSES, compose_config, read_metric_log, tune_command, tune_run
 from ichigo_lib.train.resume import (
     ResumeError,
     find_resume_point,
@@ -136,6 +136,20 @@ def test_fsdp2_run_on_two_cpu_processes_trains_and_saves_an_hf_checkpoint(tmp_pa
     start = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
     delta = trained.lm_head.weight - start.lm_head.weight
     assert trained.config.vocab_size == cfg.model.vocab_size and delta.abs().max() > 0
+
+
+def test_turn_weighted_loss_runs_inside_the_stock_recipe(tmp_path):
+    """Every answer of the text run has the same length, so weighting each turn equally must
+    give the token mean step for step: the loss is wired into the recipe as torchtune's is."""
+    losses = {}
+    for name, component in LOSSES.items():
+        _, cfg = _text_run(
+            tmp_path / name, **{"dataset.train_on_input": False, "loss._component_": component}
+        )
+        run = tune_run(STOCK, cfg, tmp_path / name, num_steps=3)
+        losses[name] = [r["loss"] for r in run.metrics()]
+    assert len(losses["turn"]) == 3
+    assert losses["turn"] == pytest.approx(losses["token"], rel=1e-4)
 
 
 def test_killed_run_resumes_after_its_last_epoch_checkpoint_with_the_same_losses(

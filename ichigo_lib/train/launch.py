@@ -31,6 +31,12 @@ class TrainingError(IchigoError, RuntimeError):
     """``tune run`` exited with an error; the message carries the tail of its log."""
 
 
+LOSSES = {
+    "token": "torchtune.modules.loss.CEWithChunkedOutputLoss",
+    "turn": "ichigo_lib.train.loss.TurnMeanCrossEntropyLoss",
+}
+
+
 def train_overrides(train: TrainConfig) -> dict[str, Any]:
     """The torchtune keys a profile's :class:`TrainConfig` sets."""
     return {
@@ -52,6 +58,7 @@ def train_overrides(train: TrainConfig) -> dict[str, Any]:
         "tokenizer.max_seq_len": train.max_seq_len,
         "dataset.packed": train.packed,
         "dataset.train_on_input": train.train_on_input,
+        "loss._component_": LOSSES[train.loss_weighting],
     }
 
 
