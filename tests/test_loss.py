@@ -6,11 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchtune.data import padded_collate_packed
+from transformers import AutoTokenizer
 
 from ichigo_lib.config import TrainConfig
+from ichigo_lib.data.phases import token_counter
 from ichigo_lib.train.components import chat_dataset
 from ichigo_lib.train.launch import train_overrides
-from ichigo_lib.train.loss import TurnMeanCrossEntropyLoss, turn_ids
+from ichigo_lib.train.loss import TurnMeanCrossEntropyLoss, loss_shares, turn_ids
 from ichigo_lib.wordtok import build_word_tokenizer, word_tokenizer
 
 IGNORE = -100
@@ -93,3 +95,28 @@ def test_the_profile_key_picks_the_loss_component():
     assert train_overrides(train())["loss._component_"].endswith("CEWithChunkedOutputLoss")
     turn = train_overrides(train(loss_weighting="turn"))["loss._component_"]
     assert turn == "ichigo_lib.train.loss.TurnMeanCrossEntropyLoss"
+
+
+def test_loss_shares_match_the_labels_the_recipe_trains_on(tmp_path):
+    words = "what is the capital of la ni ba yes no say it".split()
+    build_word_tokenizer(words).save_pretrained(tmp_path / "tok")
+    tokenizer = word_tokenizer(str(tmp_path / "tok" / "tokenizer.json"), max_seq_len=64)
+    rows = [
+        {"kind": "speech_instruction", "conversations": [("user", "<|sound_start|><|sound_0001|>"
+         "<|sound_0002|><|sound_end|>"), ("assistant", "ni")]},
+        {"kind": "transcription", "conversations": [("user", "say it <|sound_start|>"
+         "<|sound_0003|><|sound_end|>"), ("assistant", "what is the capital of la")]},
+        {"kind": "text", "conversations": [("user", "what is ba"), ("assistant", "la ni"),
+         ("user", "yes"), ("assistant", "no")]},
+    ]  # fmt: skip
+    for r in rows:
+        r["conversations"] = [{"role": role, "content": c} for role, c in r["conversations"]]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"conversations": r["conversations"]}) + "\n" for r in rows))
+    ds = chat_dataset(tokenizer, str(data), train_on_input=False)
+    trained = {r["kind"]: sum(x != IGNORE for x in ds[i]["labels"]) for i, r in enumerate(rows)}
+    shares = loss_shares(rows, token_counter(AutoTokenizer.from_pretrained(tmp_path / "tok")))
+    total = sum(trained.values())
+    assert shares["token"] == pytest.approx({k: v / total for k, v in trained.items()})
+    assert shares["turn"] == pytest.approx({"speech_instruction": 0.25, "text": 0.5,
+                                            "transcription": 0.25})  # fmt: skip

@@ -53,3 +53,30 @@ class TurnMeanCrossEntropyLoss(nn.Module):
         per_turn = token_loss.new_zeros(turns).index_add_(0, ids[trained], token_loss)
         counts = torch.bincount(ids[trained], minlength=turns).to(token_loss.dtype)
         return (per_turn / counts).mean()
+
+
+def loss_shares(rows, count, batch_size: int = 1000) -> dict[str, dict[str, float]]:
+    """The share of a phase's loss that each row ``kind`` carries, the loss on answers only.
+
+    ``rows``: a dataset (or list) of ``conversations`` and ``kind``; ``count``: the phase's
+    :class:`~ichigo_lib.data.phases.TokenCounter`. Under ``"token"`` weighting a kind's share is
+    its share of trained tokens (each assistant message: header, content, EOT), under
+    ``"turn"`` its share of assistant messages.
+    """
+    tokens: dict[str, int] = {}
+    turns: dict[str, int] = {}
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        if isinstance(batch, list):  # a list of rows, not a dataset's column batch
+            batch = {k: [r[k] for r in batch] for k in ("conversations", "kind")}
+        answers = [[m for m in c if m["role"] == "assistant"] for c in batch["conversations"]]
+        sizes = count.batch({"conversations": answers})
+        for kind, chat, n in zip(batch["kind"], answers, sizes, strict=True):
+            tokens[kind] = tokens.get(kind, 0) + n - 2  # without the row's BOS and EOS
+            turns[kind] = turns.get(kind, 0) + len(chat)
+    return {"token": _shares(tokens), "turn": _shares(turns)}
+
+
+def _shares(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())} if total else {}
