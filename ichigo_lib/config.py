@@ -302,7 +302,9 @@ class DataConfig:
     """The synthetic-data pipeline (notebook 02) and the datasets of the three phases."""
 
     backend: Literal["espeak", "whisperspeech"] = "espeak"
-    path: Literal["audio", "t2s"] = "audio"  # t2s: WhisperSpeech's T2S emits tokens directly
+    # t2s: WhisperSpeech's T2S emits tokens directly; stand_in: the listening control, each
+    # word a fixed pseudo-random run of codes in every row (ichigo_lib.data.stand_in)
+    path: Literal["audio", "t2s", "stand_in"] = "audio"
     t2s_model: str | None = None  # WhisperSpeech refs ("repo:file"); None: its defaults
     s2a_model: str | None = None
     agreement_rows: int = 0  # texts spoken through both paths to score T2S against audio

@@ -1,10 +1,12 @@
 """Text -> speech -> sound tokens: the per-row work of the synthetic-data pipeline.
 
-Two paths share one interface, :class:`SpeechTokenizer` (``tokens(text, lang, voice)`` ->
+Three paths share one interface, :class:`SpeechTokenizer` (``tokens(text, lang, voice)`` ->
 WhisperVQ codes):
 
 * **audio** (upstream's): a TTS backend speaks the text (espeak-ng on CPU, WhisperSpeech's
   T2S + S2A + Vocos on GPU, 24 kHz), the clip is resampled to 16 kHz and WhisperVQ-encoded;
+* **stand_in** (the listening control, :mod:`ichigo_lib.data.stand_in`): each word a fixed
+  pseudo-random run of codes, no audio at all; it applies to every row, held-out ones too.
 * **t2s** (how upstream made its v0.3 instruction tokens): WhisperSpeech's T2S model emits the
   semantic tokens of the text directly (greedy, ``cps`` 15), skipping S2A, the vocoder and
   Whisper. Its tokens are only as good as the T2S model; :func:`agreement` measures them against
@@ -26,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from ichigo_lib import tokens as T
+from ichigo_lib.data.stand_in import stand_in_codes
 from ichigo_lib.speech import audio as A
 from ichigo_lib.speech import tts
 from ichigo_lib.speech.metrics import edit_distance
 
 WHISPERSPEECH_RATE = 24_000  # Vocos output rate
 BACKENDS = ("espeak", "whisperspeech")
-PATHS = ("audio", "t2s")
+PATHS = ("audio", "t2s", "stand_in")
 
 
 def check_path(path: str, backend: str) -> None:
@@ -49,7 +52,7 @@ class SynthSpec:
 
     quantizer: str  # WhisperVQ file (see ``load_whispervq``)
     backend: str = "espeak"  # espeak | whisperspeech
-    path: str = "audio"  # audio | t2s, for training rows (held-out rows: always audio)
+    path: str = "audio"  # audio | t2s | stand_in (see row_path for held-out rows)
     device: str = "cpu"
     whisper: str | None = None
     whisper_root: str | None = None
@@ -147,6 +150,11 @@ class SpeechTokenizer:
         spec's)."""
         path = path or self.spec.path
         check_path(path, self.spec.backend)
+        if path == "stand_in":
+            codes = stand_in_codes(text, key=repr(voice))
+            self.times.audio_seconds += len(codes) / A.TOKENS_PER_SECOND
+            self.times.rows += 1
+            return codes
         if path == "t2s":
             start = time.perf_counter()
             toks = self._whisperspeech().t2s.generate(
@@ -186,8 +194,10 @@ def check_row_text(row: Mapping[str, Any], max_chars: int = MAX_TEXT_CHARS) -> s
 
 
 def row_path(row: Mapping[str, Any], spec: SynthSpec) -> str:
-    """The path a row takes: held-out rows (``use`` ``eval_*``) are always real audio."""
-    return "audio" if str(row.get("use", "")).startswith("eval_") else spec.path
+    """The path a row takes: held-out rows (``use`` ``eval_*``) are real audio on the T2S path
+    (the model is judged on speech); the control's stand-in codes stand in everywhere."""
+    held_out = str(row.get("use", "")).startswith("eval_")
+    return "audio" if held_out and spec.path == "t2s" else spec.path
 
 
 def speak_row(row: Mapping[str, Any], state: SpeechTokenizer) -> dict[str, Any]:
