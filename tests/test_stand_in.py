@@ -45,3 +45,31 @@ def test_the_stand_in_path_needs_no_audio_and_covers_held_out_rows(tmp_path):
     assert (
         synth.row_path(row, t2s) == "audio" and synth.row_path({"use": "instruction"}, t2s) == "t2s"
     )
+
+
+def test_a_stand_in_build_makes_every_dataset_without_audio(tmp_path):
+    import datasets
+
+    from ichigo_lib.config import DataConfig, load_config
+    from ichigo_lib.data import build, phases
+    from ichigo_lib.data.synth import voice_of
+    from ichigo_lib.wordtok import build_word_tokenizer
+    from ichigo_lib.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(num_countries=8, num_dialogues=10, sentences_per_language=4))
+    smoke = load_config("smoke")
+    fields = {"num_workers": 0, "phase2_rows": 20, "eval_questions": 2, "path": "stand_in"}
+    cfg = DataConfig(**{**smoke.data.__dict__, **fields})
+    tok = build_word_tokenizer(world.vocabulary())
+    T.extend_hf_tokenizer(tok)
+    missing = tmp_path / "no-quantizer.pt"  # never read on this path
+    made = build.build_phase_data(
+        world, cfg, smoke.speech, missing, tmp_path, phases.token_counter(tok), progress=False
+    )
+    plan = {u["index"]: u for u in made.plan.utterances}
+    qa = datasets.load_from_disk(str(made.paths["eval_speech_qa"]))
+    for row in qa:
+        u = plan[row["source"]]
+        expected = stand_in_codes(u["text"], key=repr(voice_of(u)))
+        assert T.string_to_codes(row["conversations"][0]["content"]).tolist() == expected.tolist()
+    assert made.cards["phase2"]["rows"] == 20 and len(made.rows["phase3"]) == 10
