@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,12 @@ from ichigo_lib.train.loss import TurnMeanCrossEntropyLoss, loss_shares, turn_id
 from ichigo_lib.wordtok import build_word_tokenizer, word_tokenizer
 
 IGNORE = -100
+
+
+def _tokenizer(words, tmp_path):
+    """The word tokenizer over ``words``, saved under ``tmp_path/tok``, as the recipes load it."""
+    build_word_tokenizer(words).save_pretrained(tmp_path / "tok")
+    return word_tokenizer(str(tmp_path / "tok" / "tokenizer.json"), max_seq_len=64)
 
 
 def test_turn_ids_number_each_run_of_trained_labels():
@@ -66,8 +73,7 @@ def test_a_packed_chat_batch_has_one_turn_per_assistant_message(tmp_path):
     """Answers-only labels of packed chat rows, shifted as the recipes shift them: the loss
     sees exactly the assistant messages as turns, none running into the next row."""
     words = "what is the capital of la ni ba yes no tell me more".split()
-    build_word_tokenizer(words).save_pretrained(tmp_path / "tok")
-    tokenizer = word_tokenizer(str(tmp_path / "tok" / "tokenizer.json"), max_seq_len=64)
+    tokenizer = _tokenizer(words, tmp_path)
     rows = [
         [("user", "what is the capital of la"), ("assistant", "ni")],
         [("user", "tell me more"), ("assistant", "the capital of ba is ni"), ("user", "yes"),
@@ -99,8 +105,7 @@ def test_the_profile_key_picks_the_loss_component():
 
 def test_loss_shares_match_the_labels_the_recipe_trains_on(tmp_path):
     words = "what is the capital of la ni ba yes no say it".split()
-    build_word_tokenizer(words).save_pretrained(tmp_path / "tok")
-    tokenizer = word_tokenizer(str(tmp_path / "tok" / "tokenizer.json"), max_seq_len=64)
+    tokenizer = _tokenizer(words, tmp_path)
     rows = [
         {"kind": "speech_instruction", "conversations": [("user", "<|sound_start|><|sound_0001|>"
          "<|sound_0002|><|sound_end|>"), ("assistant", "ni")]},
@@ -115,7 +120,8 @@ def test_loss_shares_match_the_labels_the_recipe_trains_on(tmp_path):
     data.write_text("".join(json.dumps({"conversations": r["conversations"]}) + "\n" for r in rows))
     ds = chat_dataset(tokenizer, str(data), train_on_input=False)
     trained = {r["kind"]: sum(x != IGNORE for x in ds[i]["labels"]) for i, r in enumerate(rows)}
-    shares = loss_shares(rows, token_counter(AutoTokenizer.from_pretrained(tmp_path / "tok")))
+    count = token_counter(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    shares = loss_shares(datasets.Dataset.from_list(rows), count)
     total = sum(trained.values())
     assert shares["token"] == pytest.approx({k: v / total for k, v in trained.items()})
     assert shares["turn"] == pytest.approx({"speech_instruction": 0.25, "text": 0.5,

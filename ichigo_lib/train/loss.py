@@ -58,7 +58,7 @@ class TurnMeanCrossEntropyLoss(nn.Module):
 def loss_shares(rows, count, batch_size: int = 1000) -> dict[str, dict[str, float]]:
     """The share of a phase's loss that each row ``kind`` carries, the loss on answers only.
 
-    ``rows``: a dataset (or list) of ``conversations`` and ``kind``; ``count``: the phase's
+    ``rows``: a ``datasets.Dataset`` of ``conversations`` and ``kind``; ``count``: the phase's
     :class:`~ichigo_lib.data.phases.TokenCounter`. Under ``"token"`` weighting a kind's share is
     its share of trained tokens (each assistant message: header, content, EOT), under
     ``"turn"`` its share of assistant messages.
@@ -67,8 +67,6 @@ def loss_shares(rows, count, batch_size: int = 1000) -> dict[str, dict[str, floa
     turns: dict[str, int] = {}
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        if isinstance(batch, list):  # a list of rows, not a dataset's column batch
-            batch = {k: [r[k] for r in batch] for k in ("conversations", "kind")}
         answers = [[m for m in c if m["role"] == "assistant"] for c in batch["conversations"]]
         sizes = count.batch({"conversations": answers})
         for kind, chat, n in zip(batch["kind"], answers, sizes, strict=True):
